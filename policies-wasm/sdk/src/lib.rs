@@ -1,0 +1,117 @@
+//! Guest side of the Portcullis policy ABI.
+//!
+//! A Portcullis policy is a core WebAssembly module (`wasm32-unknown-unknown`)
+//! that receives an `AdmissionRequest` plus its settings as JSON and answers
+//! with a [`Verdict`]. This crate holds the request and verdict types, the
+//! settings hook, the exports the host looks for, the host logging import, and
+//! native stubs so that policy logic unit-tests with plain `cargo test`.
+//!
+//! The wire contract itself is written down for authors in other languages in
+//! `ABI.md` next to this crate's `Cargo.toml`; [`ABI_VERSION`] is its version.
+//!
+//! A policy is a pure function plus one macro call:
+//!
+//! ```
+//! use portcullis_sdk::{Request, Settings, Verdict};
+//!
+//! #[derive(Debug, Default, serde::Deserialize)]
+//! #[serde(default, deny_unknown_fields)]
+//! struct MySettings { forbidden_namespace: String }
+//!
+//! impl Settings for MySettings {}
+//!
+//! fn validate(req: &Request, settings: &MySettings) -> Verdict {
+//!     if req.namespace.as_deref() == Some(settings.forbidden_namespace.as_str()) {
+//!         Verdict::deny("this namespace is closed")
+//!     } else {
+//!         Verdict::allow()
+//!     }
+//! }
+//!
+//! portcullis_sdk::policy!(settings = MySettings, validate = validate);
+//! ```
+
+mod request;
+mod settings;
+mod verdict;
+
+pub mod abi;
+pub mod log;
+pub mod testing;
+
+pub use request::{GroupVersionKind, GroupVersionResource, Operation, Request, UserInfo};
+pub use settings::{NoSettings, Settings, SettingsValidation};
+pub use verdict::{Outcome, Verdict};
+
+/// Re-exported so policies and the host agree on the patch type.
+pub use json_patch;
+/// Re-exported so policies need not name `serde_json` separately.
+pub use serde_json;
+
+/// Version of the host/guest contract implemented by this crate, returned by
+/// the `portcullis_abi_version` export. The host refuses other versions.
+pub const ABI_VERSION: i32 = 1;
+
+/// Names of the exports and imports of ABI v1, shared with the host.
+pub mod names {
+    /// Module name of every host import.
+    pub const IMPORT_MODULE: &str = "portcullis";
+    /// `log(level: i32, ptr: i32, len: i32)`.
+    pub const IMPORT_LOG: &str = "log";
+    /// Exported linear memory.
+    pub const MEMORY: &str = "memory";
+    /// `() -> i32`: the ABI version.
+    pub const ABI_VERSION: &str = "portcullis_abi_version";
+    /// `(len: i32) -> i32`: allocate `len` bytes for the host to write into.
+    pub const ALLOC: &str = "portcullis_alloc";
+    /// `(ptr: i32, len: i32) -> i64`: evaluate a request; returns `ptr << 32 | len` of the verdict.
+    pub const VALIDATE: &str = "portcullis_validate";
+    /// `(ptr: i32, len: i32) -> i64`: check settings; returns `ptr << 32 | len` of the result.
+    pub const VALIDATE_SETTINGS: &str = "portcullis_validate_settings";
+}
+
+/// Declares a module's exports: `policy!(settings = S, validate = f)` where
+/// `S: Settings` and `f: fn(&Request, &S) -> impl Into<Outcome>`.
+///
+/// On `wasm32` this expands to the four ABI exports. On other targets it
+/// expands to `pub fn evaluate(input: &[u8]) -> Outcome`, the same decoding
+/// path as the `portcullis_validate` export, for native tests.
+#[macro_export]
+macro_rules! policy {
+    (settings = $settings:ty, validate = $validate:path $(,)?) => {
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn portcullis_abi_version() -> i32 {
+            $crate::ABI_VERSION
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn portcullis_alloc(len: i32) -> i32 {
+            $crate::abi::alloc(len)
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn portcullis_validate(ptr: i32, len: i32) -> i64 {
+            $crate::abi::validate::<$settings, _>(ptr, len, $validate)
+        }
+
+        #[cfg(target_arch = "wasm32")]
+        #[allow(unsafe_code)]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn portcullis_validate_settings(ptr: i32, len: i32) -> i64 {
+            $crate::abi::validate_settings::<$settings>(ptr, len)
+        }
+
+        /// Evaluates ABI input JSON (`{"request": ..., "settings": ...}`) natively,
+        /// exactly as the `portcullis_validate` export does in wasm.
+        #[cfg(not(target_arch = "wasm32"))]
+        pub fn evaluate(input: &[u8]) -> $crate::Outcome {
+            $crate::abi::evaluate::<$settings, _>(input, $validate)
+        }
+    };
+}

@@ -1,0 +1,33 @@
+//! Hostile: claims an ABI version the host does not speak. Refused at load.
+#[cfg(target_arch = "wasm32")]
+mod exports {
+    use portcullis_sdk::{NoSettings, Request, Verdict, abi};
+
+    #[allow(unsafe_code)]
+    #[unsafe(no_mangle)]
+    pub extern "C" fn portcullis_abi_version() -> i32 {
+        99
+    }
+
+    #[allow(unsafe_code)]
+    #[unsafe(no_mangle)]
+    pub extern "C" fn portcullis_alloc(len: i32) -> i32 {
+        abi::alloc(len)
+    }
+
+    fn validate(_: &Request, _: &NoSettings) -> Verdict {
+        Verdict::allow()
+    }
+
+    #[allow(unsafe_code)]
+    #[unsafe(no_mangle)]
+    pub extern "C" fn portcullis_validate(ptr: i32, len: i32) -> i64 {
+        abi::validate::<NoSettings, _>(ptr, len, validate)
+    }
+
+    #[allow(unsafe_code)]
+    #[unsafe(no_mangle)]
+    pub extern "C" fn portcullis_validate_settings(ptr: i32, len: i32) -> i64 {
+        abi::validate_settings::<NoSettings>(ptr, len)
+    }
+}
