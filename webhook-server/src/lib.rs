@@ -1,1 +1,22 @@
+//! Portcullis: a Kubernetes admission server whose policies are sandboxed
+//! WebAssembly modules.
+//!
+//! The pieces, from the outside in: [`server`] (the axum router and the
+//! TLS listener), [`admission`] (AdmissionReview in, AdmissionReview out),
+//! [`policy`] (the loaded [`policy::PolicySet`]), [`runtime`] (the wasmtime
+//! sandbox) and [`abi`] (the host side of the guest contract). [`config`]
+//! reads the policy config, [`reload`] swaps it at run time, [`tls`] holds
+//! the certificate, [`metrics`] the Prometheus series, [`offline`] the `run`
+//! subcommand, and [`cli`] the command line.
 
+pub mod abi;
+pub mod admission;
+pub mod cli;
+pub mod config;
+pub mod metrics;
+pub mod offline;
+pub mod policy;
+pub mod reload;
+pub mod runtime;
+pub mod server;
+pub mod tls;

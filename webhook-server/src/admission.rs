@@ -1,0 +1,293 @@
+//! From HTTP body to AdmissionReview response: parsing and checking the
+//! incoming review, and turning a policy's verdict (or its failure) into the
+//! response the API server expects, following the policy's mode and
+//! failurePolicy.
+
+use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use kube_core::{DynamicObject, Status, TypeMeta};
+use portcullis_sdk::Verdict;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::config::{FailurePolicy, Mode};
+use crate::policy::Policy;
+use crate::runtime::EvalError;
+
+/// The only AdmissionReview version served.
+pub const API_VERSION: &str = "admission.k8s.io/v1";
+/// The kind of object accepted.
+pub const KIND: &str = "AdmissionReview";
+
+/// Why a request body is not an acceptable AdmissionReview (HTTP 400).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// Not JSON, or not an object.
+    #[error("body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// `apiVersion` is not `admission.k8s.io/v1`.
+    #[error("apiVersion is {0:?}; only \"admission.k8s.io/v1\" is served")]
+    ApiVersion(String),
+    /// `kind` is not `AdmissionReview`.
+    #[error("kind is {0:?}; expected \"AdmissionReview\"")]
+    Kind(String),
+    /// No `request`.
+    #[error("AdmissionReview has no request")]
+    MissingRequest,
+    /// `request` lacks fields or has wrong types (e.g. no `uid`).
+    #[error("invalid AdmissionReview request: {0}")]
+    InvalidRequest(String),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow, default)]
+    request: Option<&'a RawValue>,
+}
+
+/// A checked incoming review: the typed request, and its raw JSON which is
+/// what the policy receives (no re-encoding).
+#[derive(Debug)]
+pub struct Incoming<'a> {
+    /// The request, typed.
+    pub request: AdmissionRequest<DynamicObject>,
+    /// The request as it arrived.
+    pub raw: &'a RawValue,
+}
+
+/// Parses and checks an AdmissionReview body.
+pub fn parse(body: &[u8]) -> Result<Incoming<'_>, RequestError> {
+    let envelope: Envelope<'_> = serde_json::from_slice(body).map_err(|e| RequestError::InvalidJson(e.to_string()))?;
+    if envelope.api_version != API_VERSION {
+        return Err(RequestError::ApiVersion(envelope.api_version));
+    }
+    if envelope.kind != KIND {
+        return Err(RequestError::Kind(envelope.kind));
+    }
+    let raw = match envelope.request {
+        Some(raw) if raw.get() != "null" => raw,
+        _ => return Err(RequestError::MissingRequest),
+    };
+    let mut request: AdmissionRequest<DynamicObject> =
+        serde_json::from_str(raw.get()).map_err(|e| RequestError::InvalidRequest(e.to_string()))?;
+    if request.uid.is_empty() {
+        return Err(RequestError::InvalidRequest("uid is empty".into()));
+    }
+    request.types = TypeMeta { api_version: API_VERSION.into(), kind: KIND.into() };
+    Ok(Incoming { request, raw })
+}
+
+/// Which endpoint a request came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoint {
+    /// `/validate/{policy}`: patches are never returned.
+    Validate,
+    /// `/mutate/{policy}`: patches are returned.
+    Mutate,
+}
+
+/// The answer to one request, with the labels it is counted under.
+#[derive(Debug)]
+pub struct Decision {
+    /// The AdmissionReview to send back.
+    pub review: AdmissionReview<DynamicObject>,
+    /// `allowed` or `denied`: what the API server is told.
+    pub verdict: &'static str,
+    /// How it was reached: `policy` (the policy decided), `audit` (a denial
+    /// admitted in audit mode) or `failure` (evaluation failed and the
+    /// failurePolicy answered).
+    pub outcome: &'static str,
+    /// Whether a patch was returned.
+    pub patched: bool,
+    /// The evaluation failure, if any.
+    pub failure: Option<EvalError>,
+}
+
+/// Builds the response to `incoming` from what `policy` answered.
+pub fn decide(
+    policy: &Policy,
+    endpoint: Endpoint,
+    incoming: &Incoming<'_>,
+    result: Result<Verdict, EvalError>,
+) -> Decision {
+    let name = policy.name();
+    let base = AdmissionResponse::from(&incoming.request);
+    let result = result.and_then(|verdict| {
+        let patch = match endpoint {
+            Endpoint::Mutate => patch_of(&verdict, incoming.raw)?,
+            Endpoint::Validate => None,
+        };
+        Ok((verdict, patch))
+    });
+    let (response, verdict, outcome, patched, failure) = match result {
+        Ok((verdict, patch)) => {
+            let warnings = verdict.warnings;
+            if verdict.allowed {
+                let patched = patch.is_some();
+                let mut response = base;
+                if let Some(patch) = patch {
+                    response = match response.with_patch(patch) {
+                        Ok(r) => r,
+                        Err(e) => {
+                            return failed(policy, &incoming.request, EvalError::BadOutput(format!("patch: {e}")));
+                        }
+                    };
+                }
+                (with_warnings(response, warnings), "allowed", "policy", patched, None)
+            } else {
+                let message = verdict.message.unwrap_or_else(|| format!("denied by policy {name}"));
+                match policy.config.mode {
+                    Mode::Enforce => {
+                        let code = verdict.code.filter(|c| (400..600).contains(c)).unwrap_or(403);
+                        let mut response = base.deny(&message);
+                        response.result = Status::failure(&message, reason_for(code)).with_code(code);
+                        (with_warnings(response, warnings), "denied", "policy", false, None)
+                    }
+                    Mode::Audit => {
+                        let mut warnings = warnings;
+                        warnings.insert(0, format!("policy {name} (audit mode) would deny: {message}"));
+                        (with_warnings(base, warnings), "allowed", "audit", false, None)
+                    }
+                }
+            }
+        }
+        Err(error) => return failed(policy, &incoming.request, error),
+    };
+    Decision { review: response.into_review(), verdict, outcome, patched, failure }
+}
+
+/// The failurePolicy's answer to a failed evaluation.
+fn failed(policy: &Policy, request: &AdmissionRequest<DynamicObject>, error: EvalError) -> Decision {
+    let name = policy.name();
+    let base = AdmissionResponse::from(request);
+    let (response, verdict) = match policy.config.failure_policy {
+        FailurePolicy::Fail => {
+            let message = format!("policy {name} could not evaluate the request: the module {error}");
+            let mut response = base.deny(&message);
+            response.result = Status::failure(&message, "InternalError").with_code(500);
+            (response, "denied")
+        }
+        FailurePolicy::Ignore => {
+            let warning =
+                format!("policy {name} could not evaluate the request (failurePolicy Ignore): the module {error}");
+            (with_warnings(base, vec![warning]), "allowed")
+        }
+    };
+    Decision { review: response.into_review(), verdict, outcome: "failure", patched: false, failure: Some(error) }
+}
+
+fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {
+    if !warnings.is_empty() {
+        response.warnings = Some(warnings);
+    }
+    response
+}
+
+fn reason_for(code: u16) -> &'static str {
+    match code {
+        400 => "BadRequest",
+        401 => "Unauthorized",
+        404 => "NotFound",
+        409 => "Conflict",
+        422 => "Invalid",
+        429 => "TooManyRequests",
+        500..=599 => "InternalError",
+        _ => "Forbidden",
+    }
+}
+
+#[derive(Deserialize)]
+struct ObjectOnly {
+    #[serde(default)]
+    object: Option<serde_json::Value>,
+}
+
+/// The RFC 6902 patch a mutating verdict asks for, checked against the
+/// object; `None` when nothing changes.
+fn patch_of(verdict: &Verdict, raw_request: &RawValue) -> Result<Option<json_patch::Patch>, EvalError> {
+    if verdict.patch.is_none() && verdict.mutated_object.is_none() {
+        return Ok(None);
+    }
+    let original = serde_json::from_str::<ObjectOnly>(raw_request.get())
+        .ok()
+        .and_then(|o| o.object)
+        .ok_or_else(|| EvalError::BadOutput("a patch was returned for a request without an object".into()))?;
+    let patch = match (&verdict.patch, &verdict.mutated_object) {
+        (_, Some(mutated)) => json_patch::diff(&original, mutated),
+        (Some(patch), None) => {
+            let mut scratch = original;
+            json_patch::patch(&mut scratch, patch)
+                .map_err(|e| EvalError::BadOutput(format!("patch does not apply to the object: {e}")))?;
+            patch.clone()
+        }
+        (None, None) => return Ok(None),
+    };
+    Ok((!patch.0.is_empty()).then_some(patch))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REVIEW: &str = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{
+        "uid":"705ab4f5-6393-11e8-b7cc-42010a800002",
+        "kind":{"group":"","version":"v1","kind":"ConfigMap"},
+        "resource":{"group":"","version":"v1","resource":"configmaps"},
+        "name":"c","namespace":"default","operation":"CREATE",
+        "userInfo":{"username":"admin"},
+        "object":{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"c","namespace":"default"}}}}"#;
+
+    #[test]
+    fn parses_a_review_and_keeps_the_raw_request() -> Result<(), RequestError> {
+        let incoming = parse(REVIEW.as_bytes())?;
+        assert_eq!(incoming.request.uid, "705ab4f5-6393-11e8-b7cc-42010a800002");
+        assert!(incoming.raw.get().starts_with('{') && incoming.raw.get().contains("\"userInfo\""));
+        assert_eq!(incoming.request.types.api_version, API_VERSION);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_malformed_reviews_with_reasons() {
+        let cases = [
+            ("{", "not valid JSON"),
+            ("[]", "apiVersion is \"\""),
+            (r#"{"apiVersion":"admission.k8s.io/v1beta1","kind":"AdmissionReview","request":{}}"#, "v1beta1"),
+            (r#"{"apiVersion":"admission.k8s.io/v1","kind":"Pod"}"#, "Pod"),
+            (r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#, "no request"),
+            (r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":null}"#, "no request"),
+            (
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"operation":"CREATE"}}"#,
+                "uid",
+            ),
+            (r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":5}}"#, "invalid type"),
+        ];
+        for (body, fragment) in cases {
+            match parse(body.as_bytes()) {
+                Ok(_) => panic!("accepted {body}"),
+                Err(e) => assert!(e.to_string().contains(fragment), "{body}: {e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn patches_from_mutated_objects_and_from_operations() -> Result<(), Box<dyn std::error::Error>> {
+        let raw: Box<RawValue> = RawValue::from_string(r#"{"object":{"metadata":{"name":"a"}}}"#.into())?;
+        let mutated = Verdict::mutate(serde_json::json!({"metadata":{"name":"a","labels":{"x/y":"1"}}}));
+        let patch = patch_of(&mutated, &raw)?.ok_or("no patch")?;
+        assert_eq!(
+            serde_json::to_value(&patch)?,
+            serde_json::json!([{"op":"add","path":"/metadata/labels","value":{"x/y":"1"}}])
+        );
+        let unchanged = Verdict::mutate(serde_json::json!({"metadata":{"name":"a"}}));
+        assert!(patch_of(&unchanged, &raw)?.is_none());
+        let bad: json_patch::Patch = serde_json::from_value(serde_json::json!([{"op":"remove","path":"/spec"}]))?;
+        assert!(
+            matches!(patch_of(&Verdict::patch(bad), &raw), Err(EvalError::BadOutput(m)) if m.contains("does not apply"))
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,307 @@
+//! The policy config file (YAML): which policies to serve and under which
+//! limits. It is parsed and validated entirely before anything binds a port;
+//! every error names the file, the policy and the field.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Longest CPU deadline a policy may ask for: the API server's own maximum webhook timeout.
+pub const MAX_TIMEOUT_MS: u64 = 30_000;
+/// Largest memory cap a policy may ask for; also the size of each pooled memory slot.
+pub const MAX_MEMORY_MIB: u64 = 1024;
+/// Largest verdict a policy may be allowed to return.
+pub const MAX_OUTPUT_KIB: u64 = 64 * 1024;
+
+/// Errors reading or validating a config file.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The file could not be read.
+    #[error("reading config {path}")]
+    Read {
+        /// Config file.
+        path: PathBuf,
+        /// Underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML of the expected shape.
+    #[error("parsing config {path}: {message}")]
+    Parse {
+        /// Config file.
+        path: PathBuf,
+        /// What the parser said, with the location.
+        message: String,
+    },
+    /// A policy entry has a bad value.
+    #[error("config {path}: policy {policy:?}: {field}: {reason}")]
+    Invalid {
+        /// Config file.
+        path: PathBuf,
+        /// Policy name (or `policies[N]` when the name itself is bad).
+        policy: String,
+        /// Offending field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Result type of this module.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Whether a denial is enforced or only reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Denials deny.
+    #[default]
+    Enforce,
+    /// Denials are admitted with a warning and counted.
+    Audit,
+}
+
+/// What to answer when a policy cannot evaluate a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum FailurePolicy {
+    /// Deny (fail closed); the Kubernetes default.
+    #[default]
+    Fail,
+    /// Admit with a warning (fail open).
+    Ignore,
+}
+
+/// One policy entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicyConfig {
+    /// Name used in the URL path (`/validate/{name}`): a DNS label.
+    pub name: String,
+    /// Path of the wasm module; relative paths are relative to the config file.
+    pub module: PathBuf,
+    /// Served on `/mutate/{name}` (true) or `/validate/{name}` (false).
+    #[serde(default)]
+    pub mutating: bool,
+    /// Enforce or audit.
+    #[serde(default)]
+    pub mode: Mode,
+    /// Applied when evaluation fails (trap, timeout, memory, bad output).
+    #[serde(default)]
+    pub failure_policy: FailurePolicy,
+    /// CPU deadline for one evaluation, in milliseconds.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Linear memory cap for one evaluation, in MiB.
+    #[serde(default = "default_memory_limit_mib", rename = "memoryLimitMiB")]
+    pub memory_limit_mib: u64,
+    /// Largest verdict accepted from the module, in KiB.
+    #[serde(default = "default_max_output_kib", rename = "maxOutputKiB")]
+    pub max_output_kib: u64,
+    /// Expected SHA-256 of the module file (hex); the module is refused if it differs.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Policy settings, handed to the module and validated by it at load.
+    #[serde(default = "empty_settings")]
+    pub settings: serde_json::Value,
+}
+
+fn default_timeout_ms() -> u64 {
+    1000
+}
+fn default_memory_limit_mib() -> u64 {
+    64
+}
+fn default_max_output_kib() -> u64 {
+    4096
+}
+fn empty_settings() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+impl PolicyConfig {
+    /// The CPU deadline.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// The memory cap in bytes.
+    pub fn memory_limit_bytes(&self) -> usize {
+        usize::try_from(self.memory_limit_mib << 20).unwrap_or(usize::MAX)
+    }
+
+    /// The output cap in bytes.
+    pub fn max_output_bytes(&self) -> usize {
+        usize::try_from(self.max_output_kib << 10).unwrap_or(usize::MAX)
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    policies: Vec<PolicyConfig>,
+}
+
+/// A validated config file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where it was read from.
+    pub path: PathBuf,
+    /// The policies, module paths resolved.
+    pub policies: Vec<PolicyConfig>,
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.to_owned(), source })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text as if read from `path` (module paths resolve against its directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Self> {
+        let file: File =
+            serde_yaml::from_str(text).map_err(|e| Error::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        let mut policies = file.policies;
+        let invalid = |policy: &str, field, reason: String| Error::Invalid {
+            path: path.to_owned(),
+            policy: policy.to_owned(),
+            field,
+            reason,
+        };
+        if policies.is_empty() {
+            return Err(Error::Parse { path: path.to_owned(), message: "`policies` lists no policy".into() });
+        }
+        for (i, p) in policies.iter_mut().enumerate() {
+            if !is_dns_label(&p.name) {
+                return Err(invalid(
+                    &format!("policies[{i}]"),
+                    "name",
+                    format!("{:?} is not a DNS label (lowercase letters, digits and '-', at most 63)", p.name),
+                ));
+            }
+            if !(1..=MAX_TIMEOUT_MS).contains(&p.timeout_ms) {
+                return Err(invalid(
+                    &p.name,
+                    "timeoutMs",
+                    format!("must be 1..={MAX_TIMEOUT_MS}, got {}", p.timeout_ms),
+                ));
+            }
+            if !(1..=MAX_MEMORY_MIB).contains(&p.memory_limit_mib) {
+                return Err(invalid(
+                    &p.name,
+                    "memoryLimitMiB",
+                    format!("must be 1..={MAX_MEMORY_MIB}, got {}", p.memory_limit_mib),
+                ));
+            }
+            if !(1..=MAX_OUTPUT_KIB).contains(&p.max_output_kib) {
+                return Err(invalid(
+                    &p.name,
+                    "maxOutputKiB",
+                    format!("must be 1..={MAX_OUTPUT_KIB}, got {}", p.max_output_kib),
+                ));
+            }
+            if let Some(digest) = &p.sha256
+                && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                return Err(invalid(&p.name, "sha256", "must be 64 hexadecimal digits".into()));
+            }
+            if !p.settings.is_object() && !p.settings.is_null() {
+                return Err(invalid(&p.name, "settings", "must be a mapping".into()));
+            }
+            if p.settings.is_null() {
+                p.settings = empty_settings();
+            }
+            if p.module.is_relative() {
+                p.module = base.join(&p.module);
+            }
+        }
+        for (i, p) in policies.iter().enumerate() {
+            if policies[..i].iter().any(|q| q.name == p.name) {
+                return Err(invalid(&p.name, "name", "is used by more than one policy".into()));
+            }
+        }
+        Ok(Self { path: path.to_owned(), policies })
+    }
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config> {
+        Config::parse(Path::new("/etc/portcullis/config.yaml"), text)
+    }
+
+    #[test]
+    fn defaults_and_relative_module() -> Result<()> {
+        let c = parse("policies:\n- name: ingress-tls\n  module: ../policies/ingress-tls.wasm\n")?;
+        let p = &c.policies[0];
+        assert_eq!(p.module, Path::new("/etc/portcullis/../policies/ingress-tls.wasm"));
+        assert_eq!((p.mutating, p.mode, p.failure_policy), (false, Mode::Enforce, FailurePolicy::Fail));
+        assert_eq!((p.timeout_ms, p.memory_limit_mib, p.max_output_kib), (1000, 64, 4096));
+        assert_eq!(p.settings, serde_json::json!({}));
+        Ok(())
+    }
+
+    #[test]
+    fn all_fields() -> Result<()> {
+        let c = parse(
+            "policies:\n- name: a\n  module: /a.wasm\n  mutating: true\n  mode: audit\n  failurePolicy: Ignore\n  \
+             timeoutMs: 50\n  memoryLimitMiB: 8\n  maxOutputKiB: 16\n  sha256: \"{}\"\n  settings: {{x: [1]}}\n"
+                .replace("{}", &"ab".repeat(32))
+                .replace("{{x: [1]}}", "{x: [1]}")
+                .as_str(),
+        )?;
+        let p = &c.policies[0];
+        assert!(p.mutating);
+        assert_eq!((p.mode, p.failure_policy), (Mode::Audit, FailurePolicy::Ignore));
+        assert_eq!(p.timeout(), Duration::from_millis(50));
+        assert_eq!(p.memory_limit_bytes(), 8 << 20);
+        assert_eq!(p.max_output_bytes(), 16 << 10);
+        assert_eq!(p.settings, serde_json::json!({"x": [1]}));
+        Ok(())
+    }
+
+    fn error_of(text: &str) -> String {
+        match parse(text) {
+            Ok(c) => format!("unexpectedly valid: {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn errors_name_file_policy_and_field() {
+        let e = error_of("policies:\n- name: slow\n  module: a.wasm\n  timeoutMs: 0\n");
+        assert!(e.contains("/etc/portcullis/config.yaml") && e.contains("\"slow\"") && e.contains("timeoutMs"), "{e}");
+        let e = error_of("policies:\n- name: big\n  module: a.wasm\n  memoryLimitMiB: 4096\n");
+        assert!(e.contains("\"big\"") && e.contains("memoryLimitMiB"), "{e}");
+        let e = error_of("policies:\n- name: pinned\n  module: a.wasm\n  sha256: nope\n");
+        assert!(e.contains("sha256"), "{e}");
+        let e = error_of("policies:\n- name: s\n  module: a.wasm\n  settings: [1]\n");
+        assert!(e.contains("settings"), "{e}");
+    }
+
+    #[test]
+    fn unknown_fields_and_bad_names_are_refused() {
+        let e = error_of("policies:\n- name: a\n  module: a.wasm\n  timeout: 5\n");
+        assert!(e.contains("unknown field `timeout`"), "{e}");
+        let e = error_of("policies:\n- name: Not_A_Label\n  module: a.wasm\n");
+        assert!(e.contains("policies[0]") && e.contains("DNS label"), "{e}");
+        let e = error_of("policies:\n- name: a\n  module: a.wasm\n- name: a\n  module: b.wasm\n");
+        assert!(e.contains("more than one"), "{e}");
+        let e = error_of("policies: []\n");
+        assert!(e.contains("no policy"), "{e}");
+        let e = error_of("policies:\n- name: a\n  module: a.wasm\n  mode: strict\n");
+        assert!(e.contains("mode") || e.contains("strict"), "{e}");
+    }
+}

@@ -1,0 +1,134 @@
+//! Prometheus metrics, served as text on `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Latency buckets, 50 µs to 30 s (the API server's longest webhook timeout).
+pub const LATENCY_BUCKETS: [f64; 18] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0,
+];
+
+/// Labels of the request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Policy name.
+    pub policy: String,
+    /// `allowed` or `denied`.
+    pub verdict: String,
+    /// `policy`, `audit` or `failure`.
+    pub outcome: String,
+}
+
+/// Labels of per-policy series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    /// Policy name.
+    pub policy: String,
+}
+
+/// Labels of the evaluation-failure counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Policy name.
+    pub policy: String,
+    /// What went wrong: `timeout`, `memory`, `stack_overflow`, `trap`, `output`, `guest_error`, `busy`, `abi`.
+    pub cause: String,
+}
+
+/// Labels of the rejected-request counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RejectionLabels {
+    /// `bad_request`, `unknown_policy`, `wrong_endpoint` or `too_large`.
+    pub reason: String,
+}
+
+/// Labels of the reload counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// `config` or `certificate`.
+    pub kind: String,
+    /// `success` or `failure`.
+    pub result: String,
+}
+
+/// Every metric the server exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    /// Admission requests answered.
+    pub requests: Family<RequestLabels, Counter>,
+    /// Time from body received to response built.
+    pub duration: Family<PolicyLabels, Histogram>,
+    /// Evaluations that produced no verdict.
+    pub failures: Family<FailureLabels, Counter>,
+    /// Requests refused before evaluation.
+    pub rejections: Family<RejectionLabels, Counter>,
+    /// Reload attempts of the config or the certificate.
+    pub reloads: Family<ReloadLabels, Counter>,
+    /// Policies currently served.
+    pub policies: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every metric under the `portcullis_` prefix.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let duration =
+            Family::<PolicyLabels, Histogram>::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS.iter().copied()));
+        let failures = Family::<FailureLabels, Counter>::default();
+        let rejections = Family::<RejectionLabels, Counter>::default();
+        let reloads = Family::<ReloadLabels, Counter>::default();
+        let policies = Gauge::default();
+        registry.register(
+            "admission_requests",
+            "Admission requests answered, by policy, verdict and outcome",
+            requests.clone(),
+        );
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission request, by policy",
+            duration.clone(),
+        );
+        registry.register(
+            "evaluation_failures",
+            "Policy evaluations that produced no verdict, by cause",
+            failures.clone(),
+        );
+        registry.register("http_rejections", "Requests refused before evaluation, by reason", rejections.clone());
+        registry.register("reloads", "Reloads of the policy config or the serving certificate", reloads.clone());
+        registry.register("policies_loaded", "Policies currently served", policies.clone());
+        Self { registry, requests, duration, failures, rejections, reloads, policies }
+    }
+
+    /// Counts a rejected request.
+    pub fn reject(&self, reason: &str) {
+        self.rejections.get_or_create(&RejectionLabels { reason: reason.into() }).inc();
+    }
+
+    /// Counts a reload attempt.
+    pub fn reload(&self, kind: &str, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.reloads.get_or_create(&ReloadLabels { kind: kind.into(), result: result.into() }).inc();
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

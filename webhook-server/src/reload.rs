@@ -1,0 +1,116 @@
+//! Reloading the policy config and its modules without a restart.
+//!
+//! On SIGHUP, and whenever a poll finds that the config file or any module it
+//! names changed, the new config is loaded into a complete new [`PolicySet`]
+//! (compiled, ABI-checked, settings validated) and only then swapped in. A bad
+//! new config leaves the old set serving; the failure is logged and counted.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::policy::PolicySet;
+use crate::runtime::Runtime;
+use crate::server::AppState;
+
+/// Watches one config file and swaps the served policy set when it changes.
+#[derive(Debug)]
+pub struct ConfigWatcher {
+    path: PathBuf,
+    runtime: Arc<Runtime>,
+    state: Arc<AppState>,
+    seen: [u8; 32],
+}
+
+impl ConfigWatcher {
+    /// Starts from the config currently served.
+    pub fn new(path: &Path, runtime: Arc<Runtime>, state: Arc<AppState>) -> Self {
+        Self { path: path.to_owned(), runtime, state, seen: fingerprint(path) }
+    }
+
+    /// Reloads if anything changed (or always, when `force`). `Ok(true)` when
+    /// a new set is now served.
+    pub async fn reload(&mut self, force: bool) -> anyhow::Result<bool> {
+        let now = fingerprint(&self.path);
+        if now == self.seen && !force {
+            return Ok(false);
+        }
+        // Remember this version even if it fails, so one bad edit is reported once.
+        self.seen = now;
+        let config = Config::load(&self.path)?;
+        let set = PolicySet::load(&self.runtime, &config).await?;
+        self.state.metrics.policies.set(i64::try_from(set.len()).unwrap_or(i64::MAX));
+        let names = set.names().join(", ");
+        self.state.policies.store(Arc::new(set));
+        tracing::info!(config = %self.path.display(), policies = %names, "policy config reloaded");
+        Ok(true)
+    }
+
+    /// Reloads on SIGHUP (forced) and on every `interval` poll that sees a change.
+    pub async fn watch(mut self, interval: Duration) {
+        let mut hangup = sighup();
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticker.tick().await;
+        loop {
+            let force = tokio::select! {
+                _ = ticker.tick() => false,
+                _ = recv(&mut hangup) => true,
+            };
+            match self.reload(force).await {
+                Ok(false) => {}
+                Ok(true) => self.state.metrics.reload("config", true),
+                Err(e) => {
+                    self.state.metrics.reload("config", false);
+                    tracing::error!(config = %self.path.display(), error = format!("{e:#}"), "config reload failed; the previous policies keep serving");
+                }
+            }
+        }
+    }
+}
+
+/// Hash of the config text and of every module file it names.
+fn fingerprint(path: &Path) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    match std::fs::read(path) {
+        Ok(text) => hash.update(&text),
+        Err(e) => hash.update(e.to_string()),
+    }
+    if let Ok(config) = Config::load(path) {
+        for policy in &config.policies {
+            match std::fs::read(&policy.module) {
+                Ok(bytes) => hash.update(&bytes),
+                Err(e) => hash.update(e.to_string()),
+            }
+        }
+    }
+    hash.finalize().into()
+}
+
+#[cfg(unix)]
+fn sighup() -> Option<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+
+#[cfg(unix)]
+async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+    match signal {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(not(unix))]
+fn sighup() -> Option<()> {
+    None
+}
+
+#[cfg(not(unix))]
+async fn recv(_: &mut Option<()>) {
+    std::future::pending().await
+}

@@ -1,0 +1,366 @@
+//! The wasm sandbox: one `Engine` per process, a `Linker` set up once, each
+//! module compiled once into an `InstancePre`, and a fresh `Store` and instance
+//! for every evaluation, taken from wasmtime's pooling allocator.
+//!
+//! Every evaluation runs under three limits: a CPU deadline (epoch
+//! interruption with a 1 ms tick; a running guest yields to the async executor
+//! at each tick, so a looping guest never holds a worker thread), a memory cap
+//! (a `ResourceLimiter`), and a cap on the size of what it returns. Whatever a
+//! guest does ends as a value: bytes, or an [`EvalError`] saying what happened.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use portcullis_sdk::names;
+use tokio::sync::Semaphore;
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, ResourceLimiter,
+    Store, Trap, UpdateDeadline,
+};
+
+use crate::abi::{self, AbiError};
+use crate::config::MAX_MEMORY_MIB;
+
+/// Interval of the epoch ticker: the resolution of CPU deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Why an evaluation produced no verdict. The [`EvalError::cause`] is the
+/// `cause` label of the evaluation-failure metric.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    /// The CPU deadline passed.
+    #[error("exceeded its {0} ms deadline")]
+    Timeout(u64),
+    /// The guest tried to grow memory past its cap.
+    #[error("exceeded its {0} MiB memory limit")]
+    MemoryLimit(u64),
+    /// The guest exhausted its call stack.
+    #[error("exhausted its call stack (unbounded recursion?)")]
+    StackOverflow,
+    /// The guest trapped.
+    #[error("trapped: {0}")]
+    Trap(String),
+    /// The guest answered more bytes than allowed.
+    #[error("returned {len} bytes, over its {max}-byte output limit")]
+    OutputTooLarge {
+        /// Bytes returned.
+        len: usize,
+        /// Limit.
+        max: usize,
+    },
+    /// The guest answered something that is not a valid answer.
+    #[error("returned an invalid answer: {0}")]
+    BadOutput(String),
+    /// The guest reported that it could not evaluate the request.
+    #[error("reported an error: {0}")]
+    Guest(String),
+    /// Every sandbox slot stayed busy until the deadline.
+    #[error("found no free sandbox before its {0} ms deadline (server overloaded)")]
+    Busy(u64),
+    /// The module broke the ABI at run time.
+    #[error("{0}")]
+    Abi(#[from] AbiError),
+}
+
+impl EvalError {
+    /// Short label for metrics.
+    pub fn cause(&self) -> &'static str {
+        match self {
+            EvalError::Timeout(_) => "timeout",
+            EvalError::MemoryLimit(_) => "memory",
+            EvalError::StackOverflow => "stack_overflow",
+            EvalError::Trap(_) => "trap",
+            EvalError::OutputTooLarge { .. } | EvalError::BadOutput(_) => "output",
+            EvalError::Guest(_) => "guest_error",
+            EvalError::Busy(_) => "busy",
+            EvalError::Abi(_) => "abi",
+        }
+    }
+}
+
+/// Why a module could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// Not a valid wasm module.
+    #[error("is not a valid WebAssembly module: {0}")]
+    Compile(String),
+    /// Breaks the ABI.
+    #[error("{0}")]
+    Abi(#[from] AbiError),
+    /// Cannot be linked (should not happen once the ABI check passed).
+    #[error("cannot be linked: {0}")]
+    Link(String),
+}
+
+/// Per-evaluation limits of one policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// CPU deadline, from store creation to the verdict.
+    pub timeout: Duration,
+    /// Linear memory cap.
+    pub memory_bytes: usize,
+    /// Largest answer accepted.
+    pub max_output_bytes: usize,
+}
+
+/// Engine-wide options.
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Most instances alive at once; further evaluations wait for a slot.
+    pub max_instances: u32,
+    /// Directory for wasmtime's compiled-module cache (keyed by module hash
+    /// and engine configuration), so restarts do not recompile.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        Self { max_instances: 128, cache_dir: None }
+    }
+}
+
+/// Per-store data.
+#[derive(Debug)]
+pub struct GuestState {
+    /// Policy name, for log lines.
+    pub(crate) policy: Arc<str>,
+    /// Log lines written so far.
+    pub(crate) log_lines: u32,
+    limiter: MemoryLimiter,
+    deadline: Instant,
+    timeout_ms: u64,
+}
+
+#[derive(Debug)]
+struct MemoryLimiter {
+    limit: usize,
+    exceeded: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            self.exceeded = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// The process's wasm engine.
+#[derive(Debug)]
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    slots: Arc<Semaphore>,
+    ticker: EpochTicker,
+}
+
+impl Runtime {
+    /// Creates the engine, the pooling allocator, the linker and the epoch ticker.
+    pub fn new(options: &RuntimeOptions) -> anyhow::Result<Self> {
+        let mut pool = PoolingAllocationConfig::new();
+        let n = options.max_instances.max(1);
+        pool.total_core_instances(n)
+            .total_memories(n)
+            .total_tables(n)
+            .total_stacks(n)
+            .max_memories_per_module(1)
+            .max_tables_per_module(1)
+            .max_memory_size(usize::try_from(MAX_MEMORY_MIB << 20)?);
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .cranelift_opt_level(wasmtime::OptLevel::Speed);
+        if let Some(dir) = &options.cache_dir {
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(
+                wasmtime::Cache::new(cache).map_err(|e| anyhow::anyhow!("module cache {}: {e}", dir.display()))?,
+            ));
+        }
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))?;
+        let mut linker = Linker::new(&engine);
+        abi::define_imports(&mut linker).map_err(|e| anyhow::anyhow!("defining host functions: {e}"))?;
+        let ticker =
+            EpochTicker::start(engine.clone()).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
+        Ok(Self { engine, linker, slots: Arc::new(Semaphore::new(n as usize)), ticker })
+    }
+
+    /// Compiles a module, checks it against the ABI, and prepares it for
+    /// instantiation. CPU-heavy: call it off the async executor.
+    pub fn load(&self, name: &str, wasm: &[u8], limits: Limits) -> Result<PolicyModule, LoadError> {
+        let module = Module::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        abi::check_module(&module)?;
+        let pre = self.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
+        Ok(PolicyModule { name: name.into(), pre, limits, slots: self.slots.clone(), engine: self.engine.clone() })
+    }
+
+    /// The engine (for tests and diagnostics).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Whether the epoch ticker thread is running.
+    pub fn ticking(&self) -> bool {
+        self.ticker.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+}
+
+/// A compiled, ABI-checked policy module, ready to be instantiated.
+#[derive(Clone)]
+pub struct PolicyModule {
+    name: Arc<str>,
+    pre: InstancePre<GuestState>,
+    limits: Limits,
+    slots: Arc<Semaphore>,
+    engine: Engine,
+}
+
+impl std::fmt::Debug for PolicyModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyModule").field("name", &self.name).field("limits", &self.limits).finish_non_exhaustive()
+    }
+}
+
+impl PolicyModule {
+    /// The limits each evaluation runs under.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Runs `portcullis_validate` on ABI input JSON; returns the raw answer.
+    pub async fn validate(&self, input: &[u8]) -> Result<Vec<u8>, EvalError> {
+        self.call(names::VALIDATE, input, false).await
+    }
+
+    /// Checks the ABI version, then runs `portcullis_validate_settings`.
+    pub async fn validate_settings(&self, settings: &[u8]) -> Result<Vec<u8>, EvalError> {
+        self.call(names::VALIDATE_SETTINGS, settings, true).await
+    }
+
+    async fn call(&self, export: &str, input: &[u8], check_version: bool) -> Result<Vec<u8>, EvalError> {
+        let timeout_ms = u64::try_from(self.limits.timeout.as_millis()).unwrap_or(u64::MAX);
+        let started = Instant::now();
+        let _slot = tokio::time::timeout(self.limits.timeout, self.slots.acquire())
+            .await
+            .map_err(|_| EvalError::Busy(timeout_ms))?
+            .map_err(|_| EvalError::Busy(timeout_ms))?;
+        let mut store = Store::new(
+            &self.engine,
+            GuestState {
+                policy: self.name.clone(),
+                log_lines: 0,
+                limiter: MemoryLimiter { limit: self.limits.memory_bytes, exceeded: false },
+                deadline: started + self.limits.timeout,
+                timeout_ms,
+            },
+        );
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(|ctx| {
+            let state = ctx.data();
+            if Instant::now() >= state.deadline {
+                Err(wasmtime::Error::new(EvalError::Timeout(state.timeout_ms)))
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
+        let result = self.call_in(&mut store, export, input, check_version).await;
+        result.map_err(|e| classify(e, store.data(), self.limits))
+    }
+
+    async fn call_in(
+        &self,
+        store: &mut Store<GuestState>,
+        export: &str,
+        input: &[u8],
+        check_version: bool,
+    ) -> Result<Vec<u8>, wasmtime::Error> {
+        let instance = self.pre.instantiate_async(&mut *store).await?;
+        if check_version {
+            let version = instance.get_typed_func::<(), i32>(&mut *store, names::ABI_VERSION)?;
+            abi::check_version(version.call_async(&mut *store, ()).await?).map_err(EvalError::Abi)?;
+        }
+        let memory = instance
+            .get_memory(&mut *store, names::MEMORY)
+            .ok_or(EvalError::Abi(AbiError::MissingExport(names::MEMORY)))?;
+        let len = i32::try_from(input.len()).map_err(|_| EvalError::BadOutput("input over 2 GiB".into()))?;
+        let alloc = instance.get_typed_func::<i32, i32>(&mut *store, names::ALLOC)?;
+        let ptr = alloc.call_async(&mut *store, len).await?;
+        if ptr == 0 && len > 0 {
+            return Err(EvalError::Trap(format!("`{}` could not allocate {len} bytes", names::ALLOC)).into());
+        }
+        memory
+            .write(&mut *store, ptr as u32 as usize, input)
+            .map_err(|_| EvalError::BadOutput(format!("`{}` returned an out-of-bounds buffer", names::ALLOC)))?;
+        let func = instance.get_typed_func::<(i32, i32), i64>(&mut *store, export)?;
+        let packed = func.call_async(&mut *store, (ptr, len)).await?;
+        let (out_ptr, out_len) = abi::unpack(packed);
+        if out_len > self.limits.max_output_bytes {
+            return Err(EvalError::OutputTooLarge { len: out_len, max: self.limits.max_output_bytes }.into());
+        }
+        let mut out = vec![0; out_len];
+        memory
+            .read(&*store, out_ptr, &mut out)
+            .map_err(|_| EvalError::BadOutput(format!("answer at {out_ptr}+{out_len} lies outside memory")))?;
+        Ok(out)
+    }
+}
+
+/// Maps whatever stopped an evaluation to an [`EvalError`].
+fn classify(error: wasmtime::Error, state: &GuestState, limits: Limits) -> EvalError {
+    let mib = (limits.memory_bytes >> 20) as u64;
+    if let Some(e) = error.downcast_ref::<EvalError>() {
+        return e.clone();
+    }
+    if state.limiter.exceeded {
+        return EvalError::MemoryLimit(mib);
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::StackOverflow) => EvalError::StackOverflow,
+        Some(Trap::Interrupt) => EvalError::Timeout(state.timeout_ms),
+        Some(Trap::UnreachableCodeReached) => {
+            EvalError::Trap("unreachable instruction (the guest panicked or aborted)".into())
+        }
+        Some(trap) => EvalError::Trap(trap.to_string()),
+        None => EvalError::Trap(format!("{error:#}")),
+    }
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+#[derive(Debug)]
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> std::io::Result<Self> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        })?;
+        Ok(Self { stop, handle: Some(handle) })
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
