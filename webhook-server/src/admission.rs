@@ -3,10 +3,11 @@
 //! response the API server expects, following the policy's mode and
 //! failurePolicy.
 
-use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview};
+use base64::Engine as _;
+use kube_core::admission::{AdmissionRequest, AdmissionResponse};
 use kube_core::{DynamicObject, Status, TypeMeta};
 use portcullis_sdk::Verdict;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::config::{FailurePolicy, Mode};
@@ -93,18 +94,63 @@ pub enum Endpoint {
 /// The answer to one request, with the labels it is counted under.
 #[derive(Debug)]
 pub struct Decision {
-    /// The AdmissionReview to send back.
-    pub review: AdmissionReview<DynamicObject>,
+    /// The response (without the patch; see [`Decision::patch`]).
+    pub response: AdmissionResponse,
+    /// The JSON Patch, base64-encoded as the API server expects.
+    pub patch: Option<String>,
     /// `allowed` or `denied`: what the API server is told.
     pub verdict: &'static str,
     /// How it was reached: `policy` (the policy decided), `audit` (a denial
     /// admitted in audit mode) or `failure` (evaluation failed and the
     /// failurePolicy answered).
     pub outcome: &'static str,
-    /// Whether a patch was returned.
-    pub patched: bool,
     /// The evaluation failure, if any.
     pub failure: Option<EvalError>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview<'a> {
+    api_version: &'a str,
+    kind: &'a str,
+    response: WireResponse<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse<'a> {
+    #[serde(flatten)]
+    response: &'a AdmissionResponse,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'a str>,
+}
+
+impl Decision {
+    /// The AdmissionReview as sent on the wire. kube's `AdmissionResponse`
+    /// serializes a patch as an array of byte values; the API documents a
+    /// base64 string (Go's `[]byte`), which is what this writes.
+    pub fn to_json(&self) -> serde_json::Result<Vec<u8>> {
+        serde_json::to_vec(&self.wire())
+    }
+
+    /// The wire form as a JSON value (for printing).
+    pub fn to_value(&self) -> serde_json::Result<serde_json::Value> {
+        serde_json::to_value(self.wire())
+    }
+
+    fn wire(&self) -> WireReview<'_> {
+        WireReview {
+            api_version: API_VERSION,
+            kind: KIND,
+            response: WireResponse {
+                response: &self.response,
+                patch: self.patch.as_deref(),
+                patch_type: self.patch.as_ref().map(|_| "JSONPatch"),
+            },
+        }
+    }
 }
 
 /// Builds the response to `incoming` from what `policy` answered.
@@ -123,21 +169,15 @@ pub fn decide(
         };
         Ok((verdict, patch))
     });
-    let (response, verdict, outcome, patched, failure) = match result {
+    let (response, patch, verdict, outcome) = match result {
         Ok((verdict, patch)) => {
             let warnings = verdict.warnings;
             if verdict.allowed {
-                let patched = patch.is_some();
-                let mut response = base;
-                if let Some(patch) = patch {
-                    response = match response.with_patch(patch) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            return failed(policy, &incoming.request, EvalError::BadOutput(format!("patch: {e}")));
-                        }
-                    };
-                }
-                (with_warnings(response, warnings), "allowed", "policy", patched, None)
+                let patch = match patch.map(|p| serde_json::to_vec(&p)).transpose() {
+                    Ok(bytes) => bytes.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
+                    Err(e) => return failed(policy, &incoming.request, EvalError::BadOutput(format!("patch: {e}"))),
+                };
+                (with_warnings(base, warnings), patch, "allowed", "policy")
             } else {
                 let message = verdict.message.unwrap_or_else(|| format!("denied by policy {name}"));
                 match policy.config.mode {
@@ -145,19 +185,19 @@ pub fn decide(
                         let code = verdict.code.filter(|c| (400..600).contains(c)).unwrap_or(403);
                         let mut response = base.deny(&message);
                         response.result = Status::failure(&message, reason_for(code)).with_code(code);
-                        (with_warnings(response, warnings), "denied", "policy", false, None)
+                        (with_warnings(response, warnings), None, "denied", "policy")
                     }
                     Mode::Audit => {
                         let mut warnings = warnings;
                         warnings.insert(0, format!("policy {name} (audit mode) would deny: {message}"));
-                        (with_warnings(base, warnings), "allowed", "audit", false, None)
+                        (with_warnings(base, warnings), None, "allowed", "audit")
                     }
                 }
             }
         }
         Err(error) => return failed(policy, &incoming.request, error),
     };
-    Decision { review: response.into_review(), verdict, outcome, patched, failure }
+    Decision { response, patch, verdict, outcome, failure: None }
 }
 
 /// The failurePolicy's answer to a failed evaluation.
@@ -177,7 +217,7 @@ fn failed(policy: &Policy, request: &AdmissionRequest<DynamicObject>, error: Eva
             (with_warnings(base, vec![warning]), "allowed")
         }
     };
-    Decision { review: response.into_review(), verdict, outcome: "failure", patched: false, failure: Some(error) }
+    Decision { response, patch: None, verdict, outcome: "failure", failure: Some(error) }
 }
 
 fn with_warnings(mut response: AdmissionResponse, warnings: Vec<String>) -> AdmissionResponse {

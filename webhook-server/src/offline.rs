@@ -38,7 +38,7 @@ pub async fn run(config: &Path, name: &str, request: &Path) -> anyhow::Result<Of
     let verdict = policy.evaluate(incoming.raw.get()).await;
     let decision = admission::decide(policy, endpoint, &incoming, verdict);
     Ok(OfflineResult {
-        review: serde_json::to_value(&decision.review)?,
+        review: decision.to_value()?,
         failure: decision.failure.map(|e| format!("policy {name} could not evaluate the request: the module {e}")),
     })
 }

@@ -193,7 +193,7 @@ async fn answer(
     );
     let result = policy.evaluate(incoming.raw.get()).instrument(span.clone()).await;
     let decision = admission::decide(&policy, endpoint, &incoming, result);
-    let body = serde_json::to_vec(&decision.review).unwrap_or_default();
+    let body = decision.to_json().unwrap_or_default();
     let elapsed = started.elapsed();
 
     let m = &state.metrics;
@@ -216,7 +216,7 @@ async fn answer(
         tracing::debug!(
             verdict = decision.verdict,
             outcome = decision.outcome,
-            patched = decision.patched,
+            patched = decision.patch.is_some(),
             duration_us,
             "request decided"
         );

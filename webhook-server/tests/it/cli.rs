@@ -1,0 +1,117 @@
+//! The `webhook-server` binary: `run` offline, and configs refused at start.
+
+use std::process::{Command, Output};
+
+use crate::common::{TempConfig, entry, guest, policy_module, workspace};
+
+fn server(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_webhook-server"))
+        .args(args)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap_or_else(|e| panic!("running webhook-server: {e}"))
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn run_fixture(file: &str) -> (Output, serde_json::Value) {
+    let config = workspace().join("webhook-server/config/default.yaml");
+    let request = workspace().join("policies-wasm/ingress-tls/test_data").join(file);
+    let out = server(&[
+        "run",
+        "--config",
+        &config.to_string_lossy(),
+        "--policy",
+        "ingress-tls",
+        "--request",
+        &request.to_string_lossy(),
+    ]);
+    let review = serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{file}: {e}: {}", stderr(&out)));
+    (out, review)
+}
+
+#[test]
+fn run_prints_the_same_verdicts_without_a_server() {
+    let (out, denied) = run_fixture("no-tls.json");
+    assert!(out.status.success(), "exit {:?}: {}", out.status, stderr(&out));
+    assert_eq!(denied["response"]["allowed"], false);
+    assert_eq!(denied["response"]["uid"], "8660cdff-db1c-4bcd-99bf-7eb8710856cd");
+    assert!(denied["response"]["status"]["message"].as_str().unwrap_or_default().contains("api.example.com"));
+
+    let (out, allowed) = run_fixture("covered.json");
+    assert!(out.status.success());
+    assert_eq!(allowed["response"]["allowed"], true);
+}
+
+#[test]
+fn run_exits_non_zero_when_it_cannot_evaluate() {
+    let config = TempConfig::new(&format!("policies:\n{}", entry("trap", &guest("trap"), "")));
+    let request = workspace().join("webhook-server/tests/fixtures/pod-create.json");
+    let out = server(&[
+        "run",
+        "--config",
+        &config.path.to_string_lossy(),
+        "--policy",
+        "trap",
+        "--request",
+        &request.to_string_lossy(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("trapped"), "{}", stderr(&out));
+    let review: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap_or_default();
+    assert_eq!(review["response"]["allowed"], false, "the failurePolicy answer is still printed");
+
+    let out = server(&["run", "--config", &config.path.to_string_lossy(), "--policy", "nope", "--request", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no policy named \"nope\" (it has: trap)"), "{}", stderr(&out));
+}
+
+/// `serve` refuses a bad config before binding; the message names the policy.
+fn refused_at_start(yaml: &str) -> String {
+    let config = TempConfig::new(yaml);
+    let out = server(&["serve", "--config", &config.path.to_string_lossy(), "--addr", "127.0.0.1:0"]);
+    assert_eq!(out.status.code(), Some(2), "serve should refuse: {}", stderr(&out));
+    stderr(&out)
+}
+
+#[test]
+fn config_with_a_wasi_module_is_refused_at_start() {
+    let e = refused_at_start(&format!("policies:\n{}", entry("sneaky", &guest("forbidden_import"), "")));
+    assert!(e.contains("policy \"sneaky\"") && e.contains("wasi_snapshot_preview1::fd_write"), "{e}");
+}
+
+#[test]
+fn invalid_settings_are_refused_at_start() {
+    let e = refused_at_start(&format!(
+        "policies:\n{}",
+        entry("ingress-tls", &policy_module("ingress-tls"), "settings: {allowDefaultCertificat: true}")
+    ));
+    assert!(e.contains("policy \"ingress-tls\": invalid settings") && e.contains("allowDefaultCertificat"), "{e}");
+}
+
+#[test]
+fn unknown_config_field_and_missing_module_are_refused() {
+    let e = refused_at_start("policies:\n- name: a\n  module: a.wasm\n  timeout: 3\n");
+    assert!(e.contains("unknown field `timeout`"), "{e}");
+    let e = refused_at_start("policies:\n- name: gone\n  module: /nonexistent/gone.wasm\n");
+    assert!(e.contains("policy \"gone\": reading module /nonexistent/gone.wasm"), "{e}");
+    let e = refused_at_start(&format!(
+        "policies:\n{}",
+        entry("pinned", &guest("allow_all"), &format!("sha256: \"{}\"", "0".repeat(64)))
+    ));
+    assert!(e.contains("policy \"pinned\"") && e.contains("but the config pins"), "{e}");
+}
+
+#[test]
+fn check_validates_a_good_config() {
+    let config = workspace().join("webhook-server/config/default.yaml");
+    let out = server(&["check", "--config", &config.to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("ingress-tls"));
+}

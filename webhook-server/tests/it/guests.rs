@@ -1,0 +1,227 @@
+//! Every guest program of `policies-wasm/test-guests` through the real
+//! runtime: well-behaved ones answer; hostile ones end in the right
+//! [`EvalError`] within their deadline, or are refused at load, while good
+//! requests on the same runtime keep being answered.
+//!
+//! One test per guest, named after it: `foreach_guest!` fails the build when
+//! a guest has no test here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use webhook_server::abi::AbiError;
+use webhook_server::policy::{self, Policy, PolicySet};
+use webhook_server::runtime::{EvalError, LoadError, Runtime};
+
+use crate::common::{chain, entry, fixture, guest, load, load_ok, raw_request, runtime};
+
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports)]
+        use self::$name as _;
+    };
+}
+test_guests::foreach_guest!(assert_test_exists);
+
+const HOSTILE_TIMEOUT_MS: u64 = 200;
+/// Scheduling slack allowed past a deadline on a loaded CI machine.
+const SLACK: Duration = Duration::from_millis(400);
+
+fn request() -> String {
+    raw_request(&fixture("policies-wasm/ingress-tls/test_data/covered.json"))
+}
+
+/// allow_all plus the named guest, under tight limits.
+async fn with_baseline(rt: &Arc<Runtime>, name: &str) -> PolicySet {
+    let limits = format!("timeoutMs: {HOSTILE_TIMEOUT_MS}\nmemoryLimitMiB: 64\nmaxOutputKiB: 64");
+    load_ok(rt, &[entry("allow-all", &guest("allow_all"), ""), entry("hostile", &guest(name), &limits)]).await
+}
+
+fn get(set: &PolicySet, name: &str) -> Arc<Policy> {
+    set.get(name).cloned().unwrap_or_else(|| panic!("policy {name} not loaded"))
+}
+
+/// Runs the hostile guest once while 20 baseline requests run on the same
+/// runtime; checks the error, the deadline, and that every good request got
+/// its verdict (before the hostile one finished, for guests that run long).
+async fn contained(name: &str, check: impl Fn(&EvalError) -> bool) {
+    let rt = runtime();
+    let set = with_baseline(&rt, name).await;
+    let (good, bad) = (get(&set, "allow-all"), get(&set, "hostile"));
+    let req = Arc::new(request());
+
+    let started = Instant::now();
+    let hostile = {
+        let req = req.clone();
+        tokio::spawn(async move {
+            let result = bad.evaluate(&req).await;
+            (result, started.elapsed())
+        })
+    };
+    // The baseline runs as a task of its own, as each connection does in the server.
+    let baseline = {
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            for _ in 0..20 {
+                let verdict =
+                    good.evaluate(&req).await.unwrap_or_else(|e| panic!("baseline failed beside {name}: {e}"));
+                assert!(verdict.allowed);
+            }
+            started.elapsed()
+        })
+    };
+    let good_done = baseline.await.unwrap_or_else(|e| panic!("baseline task: {e}"));
+    let (result, elapsed) = hostile.await.unwrap_or_else(|e| panic!("hostile task: {e}"));
+    match result {
+        Ok(v) => panic!("{name} produced a verdict: {v:?}"),
+        Err(e) => assert!(check(&e), "{name}: unexpected error {e:?}"),
+    }
+    let deadline = Duration::from_millis(HOSTILE_TIMEOUT_MS) + SLACK;
+    assert!(elapsed < deadline, "{name} took {elapsed:?}, past its deadline");
+    if elapsed > Duration::from_millis(HOSTILE_TIMEOUT_MS / 2) {
+        assert!(good_done < elapsed, "baseline requests finished at {good_done:?}, after {name} ({elapsed:?})");
+    }
+}
+
+async fn refused(name: &str) -> policy::Error {
+    let rt = runtime();
+    match load(&rt, &[entry("hostile", &guest(name), "")]).await {
+        Ok(_) => panic!("{name} was loaded"),
+        Err(e) => e,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_all() {
+    let rt = runtime();
+    let set = with_baseline(&rt, "allow_all").await;
+    let verdict = get(&set, "hostile").evaluate(&request()).await;
+    assert!(matches!(verdict, Ok(v) if v.allowed && v.message.is_none()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_all() {
+    let rt = runtime();
+    let set = with_baseline(&rt, "deny_all").await;
+    let verdict = get(&set, "hostile").evaluate(&request()).await;
+    assert!(
+        matches!(&verdict, Ok(v) if !v.allowed && v.code == Some(403) && v.message.as_deref() == Some("deny-all denies every Ingress")),
+        "{verdict:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn add_label() {
+    let rt = runtime();
+    let set = with_baseline(&rt, "add_label").await;
+    let verdict = get(&set, "hostile").evaluate(&request()).await.unwrap_or_else(|e| panic!("{e}"));
+    let object = verdict.mutated_object.unwrap_or_else(|| panic!("no mutated object"));
+    assert_eq!(object.pointer("/metadata/labels/portcullis.dev~1mutated"), Some(&serde_json::json!("true")));
+    assert_eq!(object.pointer("/metadata/name"), Some(&serde_json::json!("api")), "other fields survive");
+}
+
+/// Runs on one thread: the looping guest yields at every epoch tick, so the
+/// baseline requests interleave with it instead of waiting behind it.
+#[tokio::test(flavor = "current_thread")]
+async fn loop_forever() {
+    contained("loop_forever", |e| *e == EvalError::Timeout(HOSTILE_TIMEOUT_MS)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_bomb() {
+    contained("memory_bomb", |e| *e == EvalError::MemoryLimit(64)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_recursion() {
+    contained("deep_recursion", |e| *e == EvalError::StackOverflow).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap() {
+    contained("trap", |e| matches!(e, EvalError::Trap(m) if m.contains("unreachable"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_output() {
+    contained("oversized_output", |e| matches!(e, EvalError::OutputTooLarge { max, .. } if *max == 64 << 10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_json() {
+    contained("invalid_json", |e| matches!(e, EvalError::BadOutput(m) if m.contains("not a verdict"))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forbidden_import() {
+    let e = refused("forbidden_import").await;
+    let message = chain(&e);
+    assert!(
+        matches!(&e, policy::Error::Load { source, .. } if matches!(**source, LoadError::Abi(AbiError::ForbiddenImport { .. }))),
+        "{message}"
+    );
+    assert!(
+        message.contains("policy \"hostile\"") && message.contains("wasi_snapshot_preview1::fd_write"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_export() {
+    let e = refused("missing_export").await;
+    let message = chain(&e);
+    assert!(message.contains("does not export `portcullis_validate`"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_abi_version() {
+    let e = refused("wrong_abi_version").await;
+    assert!(
+        matches!(&e, policy::Error::SettingsCheck { source: EvalError::Abi(AbiError::Version(99)), .. }),
+        "{}",
+        chain(&e)
+    );
+}
+
+/// Memory cap below what the module needs just to start: a clear error at load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_cap_below_initial_memory_is_reported() {
+    let rt = runtime();
+    let e = match load(&rt, &[entry("tiny", &guest("allow_all"), "memoryLimitMiB: 1")]).await {
+        Ok(_) => panic!("loaded with 1 MiB"),
+        Err(e) => e,
+    };
+    assert!(matches!(&e, policy::Error::SettingsCheck { source: EvalError::MemoryLimit(1), .. }), "{}", chain(&e));
+}
+
+/// A fresh instance per evaluation: nothing a guest does survives into the next one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_evaluation_gets_a_fresh_instance() {
+    let rt = runtime();
+    let set = with_baseline(&rt, "memory_bomb").await;
+    for _ in 0..3 {
+        assert_eq!(get(&set, "hostile").evaluate(&request()).await, Err(EvalError::MemoryLimit(64)));
+        assert!(get(&set, "allow-all").evaluate(&request()).await.is_ok_and(|v| v.allowed));
+    }
+}
+
+/// More concurrent hostile evaluations than worker threads: all end at their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_loops_at_once_all_time_out() {
+    let rt = runtime();
+    let set = Arc::new(with_baseline(&rt, "loop_forever").await);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let set = set.clone();
+            tokio::spawn(async move { get(&set, "hostile").evaluate(&request()).await })
+        })
+        .collect();
+    let good = get(&set, "allow-all").evaluate(&request()).await;
+    assert!(good.is_ok_and(|v| v.allowed));
+    for task in tasks {
+        let result = task.await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(result, Err(EvalError::Timeout(HOSTILE_TIMEOUT_MS)));
+    }
+    assert!(started.elapsed() < Duration::from_millis(HOSTILE_TIMEOUT_MS) + SLACK, "{:?}", started.elapsed());
+}

@@ -1,0 +1,11 @@
+//! Integration tests of the webhook server: the compiled `.wasm` modules
+//! through the real runtime, the HTTP router in process, and one real TLS
+//! listener. They need the modules built first: `cargo xtask build-policies`
+//! (which `cargo xtask test` runs).
+
+mod cli;
+mod common;
+mod guests;
+mod policies;
+mod router;
+mod tls;

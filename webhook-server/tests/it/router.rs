@@ -1,0 +1,215 @@
+//! The HTTP router in process (`app().oneshot(..)`, no socket), with real
+//! AdmissionReview fixture files.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use base64::Engine as _;
+use tower::ServiceExt as _;
+use webhook_server::metrics::Metrics;
+use webhook_server::server::{AppState, app};
+
+use crate::common::{entry, fixture, guest, load_ok, policy_module, runtime};
+
+const INGRESS: &str = "policies-wasm/ingress-tls/test_data";
+const FIXTURES: &str = "webhook-server/tests/fixtures";
+
+async fn state() -> Arc<AppState> {
+    let rt = runtime();
+    let set = load_ok(
+        &rt,
+        &[
+            entry("ingress-tls", &policy_module("ingress-tls"), ""),
+            entry("allow-all", &guest("allow_all"), ""),
+            entry("add-label", &guest("add_label"), "mutating: true"),
+            entry("trap-closed", &guest("trap"), "failurePolicy: Fail"),
+            entry("trap-open", &guest("trap"), "failurePolicy: Ignore"),
+            entry("deny-audit", &guest("deny_all"), "mode: audit"),
+        ],
+    )
+    .await;
+    Arc::new(AppState::new(set, Arc::new(Metrics::new())))
+}
+
+struct Reply {
+    status: StatusCode,
+    content_type: String,
+    body: String,
+}
+
+impl Reply {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.body))
+    }
+
+    fn response(&self) -> serde_json::Value {
+        let review = self.json();
+        assert_eq!(review["apiVersion"], "admission.k8s.io/v1", "{review}");
+        assert_eq!(review["kind"], "AdmissionReview", "{review}");
+        review["response"].clone()
+    }
+}
+
+async fn call(state: &Arc<AppState>, method: &str, uri: &str, body: impl Into<Body>) -> Reply {
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
+        .header("content-type", "application/json")
+        .body(body.into())
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    let response = app(state.clone()).oneshot(request).await.unwrap_or_else(|e| match e {});
+    let status = response.status();
+    let content_type =
+        response.headers().get("content-type").and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap_or_else(|e| panic!("body: {e}"));
+    Reply { status, content_type, body: String::from_utf8_lossy(&bytes).into_owned() }
+}
+
+async fn post(state: &Arc<AppState>, uri: &str, fixture_path: &str) -> Reply {
+    call(state, "POST", uri, fixture(fixture_path)).await
+}
+
+fn uid_of(fixture_path: &str) -> serde_json::Value {
+    let review: serde_json::Value = serde_json::from_str(&fixture(fixture_path)).unwrap_or_default();
+    review["request"]["uid"].clone()
+}
+
+#[tokio::test]
+async fn non_tls_ingress_is_denied_naming_the_host_and_uid_is_echoed() {
+    let s = state().await;
+    let path = format!("{INGRESS}/no-tls.json");
+    let reply = post(&s, "/validate/ingress-tls", &path).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.content_type, "application/json");
+    let response = reply.response();
+    assert_eq!(response["uid"], uid_of(&path));
+    assert_eq!(response["allowed"], false);
+    assert_eq!(response["status"]["code"], 403);
+    let message = response["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("api.example.com") && message.contains("www.example.com"), "{message}");
+}
+
+#[tokio::test]
+async fn covered_ingress_is_allowed() {
+    let s = state().await;
+    let path = format!("{INGRESS}/covered.json");
+    let response = post(&s, "/validate/ingress-tls", &path).await.response();
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["uid"], uid_of(&path));
+    assert!(response.get("patch").is_none());
+}
+
+#[tokio::test]
+async fn mutation_is_a_base64_json_patch() {
+    let s = state().await;
+    let response = post(&s, "/mutate/add-label", &format!("{FIXTURES}/pod-create.json")).await.response();
+    assert_eq!(response["allowed"], true);
+    assert_eq!(response["patchType"], "JSONPatch");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(response["patch"].as_str().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("patch is not base64: {e}"));
+    let patch: serde_json::Value = serde_json::from_slice(&patch).unwrap_or_else(|e| panic!("patch JSON: {e}"));
+    assert_eq!(
+        patch,
+        serde_json::json!([{"op": "add", "path": "/metadata/labels/portcullis.dev~1mutated", "value": "true"}])
+    );
+}
+
+#[tokio::test]
+async fn guest_failure_follows_failure_policy() {
+    let s = state().await;
+    let pod = format!("{FIXTURES}/pod-create.json");
+    let closed = post(&s, "/validate/trap-closed", &pod).await;
+    assert_eq!(closed.status, StatusCode::OK, "a guest failure is still an AdmissionReview");
+    let closed = closed.response();
+    assert_eq!(closed["allowed"], false);
+    assert_eq!(closed["status"]["code"], 500);
+    let message = closed["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("trap-closed could not evaluate") && message.contains("trapped"), "{message}");
+
+    let open = post(&s, "/validate/trap-open", &pod).await.response();
+    assert_eq!(open["allowed"], true);
+    let warning = open["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("failurePolicy Ignore") && warning.contains("trapped"), "{warning}");
+}
+
+#[tokio::test]
+async fn audit_mode_admits_with_a_warning() {
+    let s = state().await;
+    let response = post(&s, "/validate/deny-audit", &format!("{FIXTURES}/pod-create.json")).await.response();
+    assert_eq!(response["allowed"], true);
+    let warning = response["warnings"][0].as_str().unwrap_or_default();
+    assert!(warning.contains("audit mode") && warning.contains("deny-all denies every Pod"), "{warning}");
+}
+
+#[tokio::test]
+async fn malformed_reviews_get_400_with_a_reason() {
+    let s = state().await;
+    let cases = [
+        ("truncated.json", "not valid JSON"),
+        ("wrong-api-version.json", "admission.k8s.io/v1beta1"),
+        ("wrong-kind.json", "kind is \"Pod\""),
+        ("missing-request.json", "no request"),
+        ("missing-uid.json", "missing field `uid`"),
+    ];
+    for (file, reason) in cases {
+        let reply = post(&s, "/validate/allow-all", &format!("{FIXTURES}/{file}")).await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{file}: {}", reply.body);
+        assert!(reply.body.contains(reason), "{file}: {}", reply.body);
+    }
+    let reply = call(&s, "POST", "/validate/allow-all", "").await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+}
+
+#[tokio::test]
+async fn unknown_policy_and_wrong_endpoint_are_404() {
+    let s = state().await;
+    let pod = format!("{FIXTURES}/pod-create.json");
+    let reply = post(&s, "/validate/no-such-policy", &pod).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.body.contains("no policy named \"no-such-policy\""), "{}", reply.body);
+    let reply = post(&s, "/validate/add-label", &pod).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.body.contains("/mutate/add-label"), "{}", reply.body);
+    let reply = post(&s, "/mutate/ingress-tls", &pod).await;
+    assert_eq!(reply.status, StatusCode::NOT_FOUND);
+    assert!(reply.body.contains("/validate/ingress-tls"), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn oversized_body_is_refused() {
+    let rt = runtime();
+    let set = load_ok(&rt, &[entry("allow-all", &guest("allow_all"), "")]).await;
+    let mut state = AppState::new(set, Arc::new(Metrics::new()));
+    state.max_body_bytes = 64 << 10;
+    let s = Arc::new(state);
+    let reply = call(&s, "POST", "/validate/allow-all", vec![b' '; 65 << 10]).await;
+    assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", reply.body);
+    assert!(reply.body.contains("over 65536 bytes"), "{}", reply.body);
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics() {
+    let s = state().await;
+    assert_eq!(call(&s, "GET", "/healthz", "").await.status, StatusCode::OK);
+    let ready = call(&s, "GET", "/readyz", "").await;
+    assert_eq!((ready.status, ready.body.as_str()), (StatusCode::OK, "ready: 6 policies\n"));
+    s.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(call(&s, "GET", "/readyz", "").await.status, StatusCode::SERVICE_UNAVAILABLE);
+
+    post(&s, "/validate/ingress-tls", &format!("{INGRESS}/no-tls.json")).await;
+    post(&s, "/validate/trap-closed", &format!("{FIXTURES}/pod-create.json")).await;
+    post(&s, "/validate/nope", &format!("{FIXTURES}/pod-create.json")).await;
+    let metrics = call(&s, "GET", "/metrics", "").await.body;
+    for line in [
+        r#"portcullis_admission_requests_total{policy="ingress-tls",verdict="denied",outcome="policy"} 1"#,
+        r#"portcullis_admission_requests_total{policy="trap-closed",verdict="denied",outcome="failure"} 1"#,
+        r#"portcullis_evaluation_failures_total{policy="trap-closed",cause="trap"} 1"#,
+        r#"portcullis_http_rejections_total{reason="unknown_policy"} 1"#,
+        r#"portcullis_admission_duration_seconds_bucket{le="30.0",policy="ingress-tls"} 1"#,
+        "portcullis_policies_loaded 6",
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+}
