@@ -6,9 +6,11 @@
 //! - `run`: build what is needed, make a development certificate, and serve the
 //!   built-in policies on https://127.0.0.1:8443.
 //! - `test`: the whole suite (fmt, clippy, unit, wasm integration, HTTP, e2e).
+//! - `e2e`: the end-to-end suite on a local kube-apiserver (see `e2e/README.md`).
 //! - `bench`: the benchmarks recorded in `docs/benchmarks.md`.
 
 mod certs;
+mod e2e;
 mod wasm;
 
 use std::path::{Path, PathBuf};
@@ -43,6 +45,8 @@ enum Task {
         #[arg(long)]
         no_e2e: bool,
     },
+    /// Run the end-to-end suite against a local kube-apiserver and etcd (built once, cached).
+    E2e(e2e::Options),
     /// Write a development CA and serving certificate for the given hosts.
     DevCert {
         /// Output directory.
@@ -64,6 +68,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { addr, config } => run(&root, &addr, config)?,
         Task::Test { no_e2e } => test(&root, no_e2e)?,
+        Task::E2e(options) => e2e::run(&root, &options)?,
         Task::DevCert { out, host } => {
             let paths = certs::write_dev_certs(&out, &host)?;
             println!("wrote {} (CA), {} and {}", paths.ca.display(), paths.cert.display(), paths.key.display());
@@ -132,7 +137,7 @@ fn test(root: &Path, no_e2e: bool) -> anyhow::Result<()> {
     )?;
     run_cmd(cargo().args(["test", "--workspace", "--doc"]))?;
     if !no_e2e {
-        eprintln!("note: the end-to-end suite is not part of this build yet");
+        e2e::run(root, &e2e::Options { build_only: false, test_args: Vec::new() })?;
     }
     Ok(())
 }
