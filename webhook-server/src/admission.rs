@@ -4,11 +4,13 @@
 //! failurePolicy.
 
 use base64::Engine as _;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse};
-use kube_core::{DynamicObject, Status, TypeMeta};
+use kube_core::{Status, TypeMeta};
 use portcullis_sdk::Verdict;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use std::borrow::Cow;
 
 use crate::config::{FailurePolicy, Mode};
 use crate::policy::Policy;
@@ -50,12 +52,54 @@ struct Envelope<'a> {
     request: Option<&'a RawValue>,
 }
 
+/// Stands in for the object inside the host's typed request: the host never
+/// reads the object (the policy gets the raw JSON), so decoding skips it
+/// instead of building a `DynamicObject` tree for every request.
+#[derive(Debug, Clone, Default)]
+pub struct SkippedObject {
+    metadata: ObjectMeta,
+}
+
+impl<'de> Deserialize<'de> for SkippedObject {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(deserializer)?;
+        Ok(Self::default())
+    }
+}
+
+impl kube_core::Resource for SkippedObject {
+    type DynamicType = ();
+    type Scope = kube_core::DynamicResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        Cow::Borrowed("")
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
+/// The typed request as the host sees it (object and old object skipped).
+pub type Request = AdmissionRequest<SkippedObject>;
+
 /// A checked incoming review: the typed request, and its raw JSON which is
 /// what the policy receives (no re-encoding).
 #[derive(Debug)]
 pub struct Incoming<'a> {
     /// The request, typed.
-    pub request: AdmissionRequest<DynamicObject>,
+    pub request: Request,
     /// The request as it arrived.
     pub raw: &'a RawValue,
 }
@@ -73,7 +117,7 @@ pub fn parse(body: &[u8]) -> Result<Incoming<'_>, RequestError> {
         Some(raw) if raw.get() != "null" => raw,
         _ => return Err(RequestError::MissingRequest),
     };
-    let mut request: AdmissionRequest<DynamicObject> =
+    let mut request: Request =
         serde_json::from_str(raw.get()).map_err(|e| RequestError::InvalidRequest(e.to_string()))?;
     if request.uid.is_empty() {
         return Err(RequestError::InvalidRequest("uid is empty".into()));
@@ -201,7 +245,7 @@ pub fn decide(
 }
 
 /// The failurePolicy's answer to a failed evaluation.
-fn failed(policy: &Policy, request: &AdmissionRequest<DynamicObject>, error: EvalError) -> Decision {
+fn failed(policy: &Policy, request: &Request, error: EvalError) -> Decision {
     let name = policy.name();
     let base = AdmissionResponse::from(request);
     let (response, verdict) = match policy.config.failure_policy {

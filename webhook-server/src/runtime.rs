@@ -23,6 +23,9 @@ use wasmtime::{
 use crate::abi::{self, AbiError};
 use crate::config::MAX_MEMORY_MIB;
 
+/// Bytes of each linear memory kept resident between instances.
+const KEEP_RESIDENT: usize = 2 << 20;
+
 /// Interval of the epoch ticker: the resolution of CPU deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
@@ -173,7 +176,13 @@ impl Runtime {
             .total_stacks(n)
             .max_memories_per_module(1)
             .max_tables_per_module(1)
-            .max_memory_size(usize::try_from(MAX_MEMORY_MIB << 20)?);
+            .max_memory_size(usize::try_from(MAX_MEMORY_MIB << 20)?)
+            // Reset a used memory slot in place instead of unmapping it, so the
+            // next instance takes no page faults; with PAGEMAP_SCAN (Linux 6.7+)
+            // only the pages the guest dirtied are reset.
+            .linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = Config::new();
         config
             .epoch_interruption(true)

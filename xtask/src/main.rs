@@ -9,6 +9,7 @@
 //! - `e2e`: the end-to-end suite on a local kube-apiserver (see `e2e/README.md`).
 //! - `bench`: the benchmarks recorded in `docs/benchmarks.md`.
 
+mod bench;
 mod certs;
 mod e2e;
 mod wasm;
@@ -47,6 +48,8 @@ enum Task {
     },
     /// Run the end-to-end suite against a local kube-apiserver and etcd (built once, cached).
     E2e(e2e::Options),
+    /// Measure evaluation latency, HTTPS throughput, start-up time and memory.
+    Bench,
     /// Write a development CA and serving certificate for the given hosts.
     DevCert {
         /// Output directory.
@@ -68,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { addr, config } => run(&root, &addr, config)?,
         Task::Test { no_e2e } => test(&root, no_e2e)?,
+        Task::Bench => bench::bench(&root)?,
         Task::E2e(options) => e2e::run(&root, &options)?,
         Task::DevCert { out, host } => {
             let paths = certs::write_dev_certs(&out, &host)?;

@@ -31,6 +31,7 @@
 //! portcullis_sdk::policy!(settings = MySettings, validate = validate);
 //! ```
 
+pub mod arena;
 mod request;
 mod settings;
 mod verdict;

@@ -23,7 +23,7 @@ macro_rules! assert_test_exists {
 }
 test_guests::foreach_guest!(assert_test_exists);
 
-const HOSTILE_TIMEOUT_MS: u64 = 200;
+const HOSTILE_TIMEOUT_MS: u64 = 500;
 /// Scheduling slack allowed past a deadline on a loaded CI machine.
 const SLACK: Duration = Duration::from_millis(400);
 
