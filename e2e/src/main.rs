@@ -53,6 +53,23 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print a field of an object (a string as is, anything else as JSON).
+    Get {
+        /// apiVersion of the kind.
+        #[arg(long)]
+        api_version: String,
+        /// Kind.
+        #[arg(long)]
+        kind: String,
+        /// Namespace (ignored for cluster-scoped kinds).
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// JSON Pointer of the field (default: the whole object).
+        #[arg(long, default_value = "")]
+        pointer: String,
+        /// Object name.
+        name: String,
+    },
     /// Fail if any object of a cluster-scoped kind matches a label selector.
     ExpectNone {
         /// apiVersion of the kind.
@@ -89,6 +106,15 @@ async fn main() -> anyhow::Result<()> {
                 bail!("{kind} objects matching {selector:?} are left: {}", names.join(", "));
             }
             println!("no {kind} matches {selector:?}");
+        }
+        Command::Get { api_version, kind, namespace, pointer, name } => {
+            let probe = json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}});
+            let object = cluster.get(&probe, &namespace).await?;
+            let field = object.pointer(&pointer).with_context(|| format!("{kind} {name} has no {pointer}"))?;
+            match field.as_str() {
+                Some(s) => println!("{s}"),
+                None => println!("{field}"),
+            }
         }
         Command::PolicyConfig { .. } => {}
     }

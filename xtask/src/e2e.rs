@@ -17,7 +17,9 @@
 //! 6. start webhook-server with that config and a certificate for 127.0.0.1;
 //!    `helm install` the chart in external-URL mode;
 //! 7. run the cases (`cargo test -p e2e --test cases -- --ignored`);
-//! 8. `helm uninstall`, and check that no webhook configuration is left.
+//! 8. `helm uninstall`, and check that no webhook configuration is left;
+//! 9. install the chart in its own mode (self-signed certificates), upgrade
+//!    it (the CA must be kept), uninstall it, and check again.
 //!
 //! Scratch files, logs and the kubeconfig are in `target/e2e/`.
 
@@ -191,11 +193,85 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     }
     timer.step("helm uninstall");
 
+    // The chart in its own mode (self-signed certificates): install, upgrade
+    // (the generated CA must survive it), uninstall. No pods run here (no
+    // kubelet), so its webhooks are installed only after the cases are done.
+    chart_lifecycle(&helm, &kubeconfig, &chart, &e2e)?;
+    timer.step("chart install/upgrade/uninstall (self-signed mode)");
+
     drop(webhook);
     drop(apiserver);
     drop(etcd);
     timer.step("teardown");
     timer.print();
+    Ok(())
+}
+
+/// Installs the chart with default values, upgrades it, checks that the
+/// self-signed CA was kept and is the webhooks' caBundle, uninstalls it and
+/// checks that no webhook configuration is left.
+fn chart_lifecycle(
+    helm: &Helm,
+    kubeconfig: &Path,
+    chart: &Path,
+    e2e: &dyn Fn(&[&str]) -> Command,
+) -> anyhow::Result<()> {
+    const FULL: &str = "portcullis-full";
+    let install = |verb: &str| -> anyhow::Result<()> {
+        run_cmd(helm.cmd(kubeconfig).args([verb, FULL]).arg(chart).args(["--namespace", FULL, "--create-namespace"]))
+    };
+    let read = |api_version: &str, kind: &str, name: &str, pointer: &str| -> anyhow::Result<String> {
+        let out = e2e(&[
+            "get",
+            "--api-version",
+            api_version,
+            "--kind",
+            kind,
+            "--namespace",
+            FULL,
+            "--pointer",
+            pointer,
+            name,
+        ])
+        .output()
+        .context("running portcullis-e2e get")?;
+        if !out.status.success() {
+            bail!("reading {kind} {name}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let secret_ca = || read("v1", "Secret", &format!("{FULL}-tls"), "/data/ca.crt");
+    let webhook_ca = || {
+        read(
+            "admissionregistration.k8s.io/v1",
+            "ValidatingWebhookConfiguration",
+            FULL,
+            "/webhooks/0/clientConfig/caBundle",
+        )
+    };
+    install("install")?;
+    let first = secret_ca()?;
+    if first.is_empty() || webhook_ca()? != first {
+        bail!("the webhook caBundle is not the CA of the generated Secret");
+    }
+    install("upgrade")?;
+    if secret_ca()? != first || webhook_ca()? != first {
+        bail!("helm upgrade replaced the self-signed CA; it must be kept (lookup of the existing Secret)");
+    }
+    eprintln!("e2e: the self-signed CA survived helm upgrade and is the webhooks' caBundle");
+    run_cmd(helm.cmd(kubeconfig).args(["uninstall", FULL, "--namespace", FULL, "--wait"]))?;
+    for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"] {
+        let selector = format!("app.kubernetes.io/instance={FULL}");
+        run_cmd(&mut e2e(&[
+            "expect-none",
+            "--api-version",
+            "admissionregistration.k8s.io/v1",
+            "--kind",
+            kind,
+            "--selector",
+            &selector,
+        ]))?;
+    }
     Ok(())
 }
 

@@ -104,7 +104,7 @@ fn ensure_one(go: &Path, cache: &Path, program: &Program) -> anyhow::Result<Path
     run_cmd(go_cmd(go, &dir).args(["get", "-tool", &format!("{}@{}", program.package, program.version)]))?;
 
     let ldflags = ldflags(go, &dir, program)?;
-    let tmp = bin.with_extension(format!("tmp{}", std::process::id()));
+    let tmp = cache.join("bin").join(format!(".{}-{}.tmp{}", program.name, program.version, std::process::id()));
     let mut build = nice(go, &dir);
     build
         .args(["build", "-p", &go_jobs().to_string(), "-trimpath", "-ldflags", &ldflags, "-o"])
