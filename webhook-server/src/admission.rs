@@ -207,9 +207,11 @@ pub fn decide(
     let name = policy.name();
     let base = AdmissionResponse::from(&incoming.request);
     let result = result.and_then(|verdict| {
+        // Only an admitted request on a mutating endpoint carries a patch; a
+        // denial's patch (if any) is ignored rather than checked.
         let patch = match endpoint {
-            Endpoint::Mutate => patch_of(&verdict, incoming.raw)?,
-            Endpoint::Validate => None,
+            Endpoint::Mutate if verdict.allowed => patch_of(&verdict, incoming.raw)?,
+            _ => None,
         };
         Ok((verdict, patch))
     });

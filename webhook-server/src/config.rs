@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-/// Longest CPU deadline a policy may ask for: the API server's own maximum webhook timeout.
+/// Longest deadline a policy may ask for: the API server's own maximum webhook timeout.
 pub const MAX_TIMEOUT_MS: u64 = 30_000;
 /// Largest memory cap a policy may ask for; also the size of each pooled memory slot.
 pub const MAX_MEMORY_MIB: u64 = 1024;
@@ -89,7 +89,7 @@ pub struct PolicyConfig {
     /// Applied when evaluation fails (trap, timeout, memory, bad output).
     #[serde(default)]
     pub failure_policy: FailurePolicy,
-    /// CPU deadline for one evaluation, in milliseconds.
+    /// Deadline for one evaluation (wall-clock), in milliseconds.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Linear memory cap for one evaluation, in MiB.
@@ -120,7 +120,7 @@ fn empty_settings() -> serde_json::Value {
 }
 
 impl PolicyConfig {
-    /// The CPU deadline.
+    /// The evaluation deadline.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)
     }

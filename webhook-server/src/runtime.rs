@@ -2,7 +2,7 @@
 //! module compiled once into an `InstancePre`, and a fresh `Store` and instance
 //! for every evaluation, taken from wasmtime's pooling allocator.
 //!
-//! Every evaluation runs under three limits: a CPU deadline (epoch
+//! Every evaluation runs under three limits: a wall-clock deadline (epoch
 //! interruption with a 1 ms tick; a running guest yields to the async executor
 //! at each tick, so a looping guest never holds a worker thread), a memory cap
 //! (a `ResourceLimiter`), and a cap on the size of what it returns. Whatever a
@@ -23,17 +23,20 @@ use wasmtime::{
 use crate::abi::{self, AbiError};
 use crate::config::MAX_MEMORY_MIB;
 
+/// Most elements a guest's function table may hold (also the pool's slot size).
+const TABLE_ELEMENTS: usize = 20_000;
+
 /// Bytes of each linear memory kept resident between instances.
 const KEEP_RESIDENT: usize = 2 << 20;
 
-/// Interval of the epoch ticker: the resolution of CPU deadlines.
+/// Interval of the epoch ticker: the resolution of deadlines.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 /// Why an evaluation produced no verdict. The [`EvalError::cause`] is the
 /// `cause` label of the evaluation-failure metric.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
-    /// The CPU deadline passed.
+    /// The deadline (wall-clock, from the request reaching the sandbox) passed.
     #[error("exceeded its {0} ms deadline")]
     Timeout(u64),
     /// The guest tried to grow memory past its cap.
@@ -63,7 +66,7 @@ pub enum EvalError {
     #[error("found no free sandbox before its {0} ms deadline (server overloaded)")]
     Busy(u64),
     /// The module broke the ABI at run time.
-    #[error("{0}")]
+    #[error(transparent)]
     Abi(#[from] AbiError),
 }
 
@@ -86,11 +89,12 @@ impl EvalError {
 /// Why a module could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// Not a valid wasm module.
-    #[error("is not a valid WebAssembly module: {0}")]
+    /// Not a valid wasm module, or one the engine's limits refuse (more than
+    /// one memory or table, initial memory over the pool's slot size).
+    #[error("was refused by the wasm engine: {0}")]
     Compile(String),
     /// Breaks the ABI.
-    #[error("{0}")]
+    #[error(transparent)]
     Abi(#[from] AbiError),
     /// Cannot be linked (should not happen once the ABI check passed).
     #[error("cannot be linked: {0}")]
@@ -100,7 +104,7 @@ pub enum LoadError {
 /// Per-evaluation limits of one policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// CPU deadline, from store creation to the verdict.
+    /// Deadline (wall-clock) from asking for a sandbox slot to the verdict.
     pub timeout: Duration,
     /// Linear memory cap.
     pub memory_bytes: usize,
@@ -152,7 +156,7 @@ impl ResourceLimiter for MemoryLimiter {
     }
 
     fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        Ok(desired <= 100_000)
+        Ok(desired <= TABLE_ELEMENTS)
     }
 }
 
@@ -175,6 +179,7 @@ impl Runtime {
             .total_tables(n)
             .total_stacks(n)
             .max_memories_per_module(1)
+            .table_elements(TABLE_ELEMENTS)
             .max_tables_per_module(1)
             .max_memory_size(usize::try_from(MAX_MEMORY_MIB << 20)?)
             // Reset a used memory slot in place instead of unmapping it, so the

@@ -1,5 +1,7 @@
-//! Logging through the host: lines end up in the server's structured log,
-//! tagged with the policy name and request uid. Natively they go to stderr.
+//! Logging through the host: lines end up in the server's structured log
+//! (target `policy`), tagged with the policy name and, inside the server, the
+//! request's span (uid, kind, namespace). The host keeps at most 32 lines of
+//! 2 KiB per evaluation. Natively they go to stderr.
 
 /// Severity of a log line; the numbers are the ABI's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -65,6 +65,9 @@ pub struct UserInfo {
     /// Groups the user belongs to.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// Extra attributes from the authenticator.
+    #[serde(default)]
+    pub extra: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// An admission request (`admission.k8s.io/v1` `AdmissionRequest`).
@@ -85,6 +88,15 @@ pub struct Request {
     /// Subresource, e.g. `status` or `scale`.
     #[serde(default)]
     pub sub_resource: Option<String>,
+    /// Kind of the original request, when the API server converted it (e.g. from an older version).
+    #[serde(default)]
+    pub request_kind: Option<GroupVersionKind>,
+    /// Resource of the original request.
+    #[serde(default)]
+    pub request_resource: Option<GroupVersionResource>,
+    /// Subresource of the original request.
+    #[serde(default)]
+    pub request_sub_resource: Option<String>,
     /// Object name (may be empty on CREATE with `generateName`).
     #[serde(default)]
     pub name: Option<String>,
@@ -105,6 +117,9 @@ pub struct Request {
     /// True for a dry run.
     #[serde(default)]
     pub dry_run: Option<bool>,
+    /// The operation's options (`CreateOptions`, `UpdateOptions`, ...), raw.
+    #[serde(default)]
+    pub options: Option<Box<RawValue>>,
 }
 
 impl Request {
