@@ -190,6 +190,8 @@ async fn answer(
         namespace = req.namespace.as_deref().unwrap_or(""),
         name = %req.name,
         operation = ?req.operation,
+        verdict = tracing::field::Empty,
+        duration_us = tracing::field::Empty,
     );
     let result = policy.evaluate(incoming.raw.get()).instrument(span.clone()).await;
     let decision = admission::decide(&policy, endpoint, &incoming, result);
@@ -205,21 +207,16 @@ async fn answer(
         })
         .inc();
     m.duration.get_or_create(&PolicyLabels { policy: name.to_owned() }).observe(elapsed.as_secs_f64());
+    span.record("verdict", decision.verdict);
+    span.record("duration_us", u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX));
     let _entered = span.enter();
-    let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
     if let Some(failure) = &decision.failure {
         m.failures.get_or_create(&FailureLabels { policy: name.to_owned(), cause: failure.cause().to_owned() }).inc();
-        tracing::warn!(verdict = decision.verdict, outcome = decision.outcome, cause = failure.cause(), error = %failure, duration_us, "evaluation failed");
+        tracing::warn!(outcome = decision.outcome, cause = failure.cause(), error = %failure, "evaluation failed");
     } else if decision.verdict == "denied" || decision.outcome == "audit" {
-        tracing::info!(verdict = decision.verdict, outcome = decision.outcome, duration_us, "request decided");
+        tracing::info!(outcome = decision.outcome, "request decided");
     } else {
-        tracing::debug!(
-            verdict = decision.verdict,
-            outcome = decision.outcome,
-            patched = decision.patch.is_some(),
-            duration_us,
-            "request decided"
-        );
+        tracing::debug!(outcome = decision.outcome, patched = decision.patch.is_some(), "request decided");
     }
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }

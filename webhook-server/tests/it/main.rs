@@ -7,5 +7,6 @@ mod cli;
 mod common;
 mod guests;
 mod policies;
+mod reload;
 mod router;
 mod tls;
