@@ -52,8 +52,10 @@ pub fn bench(root: &Path) -> anyhow::Result<()> {
             .arg(&certs.cert)
             .arg("--tls-key")
             .arg(&certs.key)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null());
+            // The default log level; logs go nowhere so the terminal is not the bottleneck.
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
         if use_cache {
             cmd.arg("--module-cache").arg(&cache);
         }
