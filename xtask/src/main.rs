@@ -14,8 +14,10 @@ mod certs;
 mod e2e;
 mod wasm;
 
+use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
@@ -134,14 +136,51 @@ fn test(root: &Path, no_e2e: bool) -> anyhow::Result<()> {
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
     wasm::build_policies(root)?;
     run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
-    run_cmd(
+    run_tests(
         cargo()
-            .args(["test", "--workspace", "--all-targets"])
+            .args(["test", "--workspace", "--lib", "--bins", "--tests"])
             .env("PORTCULLIS_POLICY_DIR", root.join("target/policies")),
     )?;
-    run_cmd(cargo().args(["test", "--workspace", "--doc"]))?;
-    if !no_e2e {
-        e2e::run(root, &e2e::Options { build_only: false, test_args: Vec::new() })?;
+    run_tests(cargo().args(["test", "--workspace", "--doc"]))?;
+    run_cmd(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    let result =
+        if no_e2e { Ok(()) } else { e2e::run(root, &e2e::Options { build_only: false, test_args: Vec::new() }) };
+    let (passed, failed) = (PASSED.load(Ordering::Relaxed), FAILED.load(Ordering::Relaxed));
+    println!();
+    println!("xtask test: {passed} passed, {failed} failed");
+    result
+}
+
+static PASSED: AtomicUsize = AtomicUsize::new(0);
+static FAILED: AtomicUsize = AtomicUsize::new(0);
+
+/// Runs a `cargo test` command, echoing its output and adding its
+/// `test result:` counts to the totals that `xtask test` prints last.
+pub(crate) fn run_tests(cmd: &mut Command) -> anyhow::Result<()> {
+    let shown = format!("{cmd:?}");
+    eprintln!("\x1b[1m$ {}\x1b[0m", shown.replace('"', ""));
+    let mut child = cmd.stdout(Stdio::piped()).spawn().with_context(|| format!("starting {shown}"))?;
+    if let Some(stdout) = child.stdout.take() {
+        for line in BufReader::new(stdout).lines() {
+            let line = line?;
+            println!("{line}");
+            if let Some(counts) = line.strip_prefix("test result: ") {
+                for part in counts.split(';') {
+                    let mut words = part.split_whitespace().rev();
+                    let (Some(label), Some(n)) = (words.next(), words.next()) else { continue };
+                    let n = n.trim_start_matches(|c: char| !c.is_ascii_digit()).parse::<usize>().unwrap_or(0);
+                    match label {
+                        "passed" => PASSED.fetch_add(n, Ordering::Relaxed),
+                        "failed" => FAILED.fetch_add(n, Ordering::Relaxed),
+                        _ => 0,
+                    };
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    if !status.success() {
+        bail!("{shown} failed with {status}");
     }
     Ok(())
 }
