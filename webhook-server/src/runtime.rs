@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portcullis_sdk::names;
@@ -214,7 +214,15 @@ impl Runtime {
         let module = Module::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
         abi::check_module(&module)?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
-        Ok(PolicyModule { name: name.into(), pre, limits, slots: self.slots.clone(), engine: self.engine.clone() })
+        let ticker = self.ticker.handle().ok_or_else(|| LoadError::Link("the epoch ticker is not running".into()))?;
+        Ok(PolicyModule {
+            name: name.into(),
+            pre,
+            limits,
+            slots: self.slots.clone(),
+            engine: self.engine.clone(),
+            ticker,
+        })
     }
 
     /// The engine (for tests and diagnostics).
@@ -236,6 +244,7 @@ pub struct PolicyModule {
     limits: Limits,
     slots: Arc<Semaphore>,
     engine: Engine,
+    ticker: TickerHandle,
 }
 
 impl std::fmt::Debug for PolicyModule {
@@ -267,6 +276,7 @@ impl PolicyModule {
             .await
             .map_err(|_| EvalError::Busy(timeout_ms))?
             .map_err(|_| EvalError::Busy(timeout_ms))?;
+        let _ticking = self.ticker.running();
         let mut store = Store::new(
             &self.engine,
             GuestState {
@@ -349,31 +359,88 @@ fn classify(error: wasmtime::Error, state: &GuestState, limits: Limits) -> EvalE
     }
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] until dropped.
+/// Advances the engine's epoch every [`EPOCH_TICK`] while evaluations run, and
+/// parks once none has run for [`TICKER_LINGER`], so an idle server does not
+/// wake up a thousand times a second while a busy one never pays for waking
+/// the ticker between requests.
 #[derive(Debug)]
 struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    shared: Arc<TickerShared>,
     handle: Option<std::thread::JoinHandle<()>>,
+}
+
+#[derive(Debug, Default)]
+struct TickerShared {
+    stop: AtomicBool,
+    running: AtomicUsize,
+    parked: AtomicBool,
+}
+
+/// How long the ticker keeps ticking after the last evaluation ended.
+const TICKER_LINGER: Duration = Duration::from_millis(200);
+
+/// Keeps the ticker ticking while an evaluation runs.
+#[derive(Debug, Clone)]
+struct TickerHandle {
+    shared: Arc<TickerShared>,
+    thread: std::thread::Thread,
+}
+
+impl TickerHandle {
+    fn running(&self) -> RunningGuard<'_> {
+        self.shared.running.fetch_add(1, Ordering::AcqRel);
+        if self.shared.parked.swap(false, Ordering::AcqRel) {
+            self.thread.unpark();
+        }
+        RunningGuard(&self.shared)
+    }
+}
+
+struct RunningGuard<'a>(&'a TickerShared);
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl EpochTicker {
     fn start(engine: Engine) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
+        let shared = Arc::new(TickerShared::default());
+        let state = shared.clone();
         let handle = std::thread::Builder::new().name("epoch-ticker".into()).spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
+            let mut last_busy = Instant::now();
+            while !state.stop.load(Ordering::Acquire) {
+                if state.running.load(Ordering::Acquire) > 0 {
+                    last_busy = Instant::now();
+                } else if last_busy.elapsed() > TICKER_LINGER {
+                    state.parked.store(true, Ordering::Release);
+                    // Re-check after announcing: an evaluation that started in
+                    // between either sees `parked` and unparks us, or is seen here.
+                    if state.running.load(Ordering::Acquire) == 0 {
+                        std::thread::park_timeout(Duration::from_secs(1));
+                    }
+                    state.parked.store(false, Ordering::Release);
+                    continue;
+                }
                 std::thread::sleep(EPOCH_TICK);
                 engine.increment_epoch();
             }
         })?;
-        Ok(Self { stop, handle: Some(handle) })
+        Ok(Self { shared, handle: Some(handle) })
+    }
+
+    fn handle(&self) -> Option<TickerHandle> {
+        let thread = self.handle.as_ref()?.thread().clone();
+        Some(TickerHandle { shared: self.shared.clone(), thread })
     }
 }
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.shared.stop.store(true, Ordering::Release);
         if let Some(handle) = self.handle.take() {
+            handle.thread().unpark();
             let _ = handle.join();
         }
     }
