@@ -52,6 +52,8 @@ cases! {
     add_label_outside_selector => "add-label-outside-selector",
     failure_policy_fail_webhook_down => "failure-policy-fail-webhook-down",
     failure_policy_ignore_webhook_down => "failure-policy-ignore-webhook-down",
+    guest_deadline_fail_closed => "guest-deadline-fail-closed",
+    guest_deadline_fail_open => "guest-deadline-fail-open",
 }
 
 #[test]
