@@ -21,7 +21,7 @@
 //! 9. install the chart in its own mode (self-signed certificates), upgrade
 //!    it (the CA must be kept), uninstall it, and check again.
 //!
-//! Scratch files, logs and the kubeconfig are in `target/e2e/`.
+//! Scratch files, logs and the kubeconfig are in `target/e2e/run-<pid>/`.
 
 mod gobuild;
 mod pki;
@@ -75,10 +75,11 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     let server_bin = root.join("target/release/webhook-server");
     let e2e_bin = root.join("target/debug/portcullis-e2e");
 
-    let work = root.join("target/e2e");
-    if work.exists() {
-        std::fs::remove_dir_all(&work).with_context(|| format!("clearing {}", work.display()))?;
-    }
+    // One directory per run: engineers sharing a work tree may run the suite
+    // at the same time (ports are picked free, so the runs do not meet).
+    let runs = root.join("target/e2e");
+    remove_finished_runs(&runs);
+    let work = runs.join(format!("run-{}", std::process::id()));
     for dir in ["logs", "render", "pki", "webhook-certs", "helm"] {
         std::fs::create_dir_all(work.join(dir))?;
     }
@@ -301,7 +302,20 @@ impl Timer {
     }
 }
 
-/// helm with its state kept under `target/e2e/helm` (nothing in $HOME).
+/// Removes the directories of earlier runs whose process has ended (Linux:
+/// `/proc/<pid>`); their logs are kept until then for a look after a failure.
+fn remove_finished_runs(runs: &Path) {
+    let Ok(entries) = std::fs::read_dir(runs) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("run-")) else { continue };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// helm with its state kept under the run directory (nothing in $HOME).
 struct Helm {
     bin: PathBuf,
     home: PathBuf,
