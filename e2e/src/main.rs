@@ -53,6 +53,11 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the webhook-server container's arguments of a rendered chart, one per line.
+    ServerArgs {
+        /// Rendered chart (`helm template` output).
+        rendered: PathBuf,
+    },
     /// Print a field of an object (a string as is, anything else as JSON).
     Get {
         /// apiVersion of the kind.
@@ -87,8 +92,10 @@ enum Command {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    if let Command::PolicyConfig { rendered, out } = &cli.command {
-        return policy_config(rendered, out);
+    match &cli.command {
+        Command::PolicyConfig { rendered, out } => return policy_config(rendered, out),
+        Command::ServerArgs { rendered } => return server_args(rendered),
+        _ => {}
     }
     let path = cli.kubeconfig.context("no kubeconfig: pass --kubeconfig or set PORTCULLIS_E2E_KUBECONFIG")?;
     let cluster = Cluster::from_kubeconfig(&path).await?;
@@ -116,14 +123,28 @@ async fn main() -> anyhow::Result<()> {
                 None => println!("{field}"),
             }
         }
-        Command::PolicyConfig { .. } => {}
+        Command::PolicyConfig { .. } | Command::ServerArgs { .. } => {}
+    }
+    Ok(())
+}
+
+fn read_rendered(rendered: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(rendered).with_context(|| format!("reading {}", rendered.display()))?;
+    e2e::manifests::parse(&text).with_context(|| format!("parsing {}", rendered.display()))
+}
+
+fn server_args(rendered: &std::path::Path) -> anyhow::Result<()> {
+    let objects = read_rendered(rendered)?;
+    let args = e2e::manifests::server_args(&objects)
+        .with_context(|| format!("{} has no Deployment with a webhook-server container", rendered.display()))?;
+    for arg in args {
+        println!("{arg}");
     }
     Ok(())
 }
 
 fn policy_config(rendered: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(rendered).with_context(|| format!("reading {}", rendered.display()))?;
-    let objects = e2e::manifests::parse(&text).with_context(|| format!("parsing {}", rendered.display()))?;
+    let objects = read_rendered(rendered)?;
     let config = e2e::manifests::policy_config(&objects)
         .with_context(|| format!("{} has no policy ConfigMap with a config.yaml", rendered.display()))?;
     std::fs::write(out, config).with_context(|| format!("writing {}", out.display()))?;

@@ -28,6 +28,14 @@ pub fn policy_config(objects: &[Value]) -> Option<&str> {
         .and_then(Value::as_str)
 }
 
+/// The arguments of the `webhook-server` container of a rendered chart's Deployment.
+pub fn server_args(objects: &[Value]) -> Option<Vec<String>> {
+    let deployment = objects.iter().find(|o| o.get("kind").and_then(Value::as_str) == Some("Deployment"))?;
+    let containers = deployment.pointer("/spec/template/spec/containers")?.as_array()?;
+    let server = containers.iter().find(|c| c.get("name").and_then(Value::as_str) == Some("webhook-server"))?;
+    server.get("args")?.as_array()?.iter().map(|a| a.as_str().map(str::to_owned)).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -55,5 +63,17 @@ data:
         let objects = parse(RENDERED).expect("parses");
         assert_eq!(objects.len(), 2);
         assert_eq!(policy_config(&objects), Some("policies: []\n"));
+        assert_eq!(server_args(&objects), None);
+    }
+
+    #[test]
+    fn finds_the_server_arguments() {
+        let objects = parse(
+            "kind: Deployment
+spec: {template: {spec: {containers: [{name: sidecar, args: [x]}, {name: webhook-server, args: [serve, --addr=0.0.0.0:8443]}]}}}
+",
+        )
+        .expect("parses");
+        assert_eq!(server_args(&objects), Some(vec!["serve".to_owned(), "--addr=0.0.0.0:8443".to_owned()]));
     }
 }

@@ -14,8 +14,9 @@
 //! 5. server-side dry run of every rendered manifest (kinds without a CRD
 //!    here, such as cert-manager's and the Prometheus Operator's, are skipped
 //!    and listed);
-//! 6. start webhook-server with that config and a certificate for 127.0.0.1;
-//!    `helm install` the chart in external-URL mode;
+//! 6. start webhook-server with the arguments of the chart's Deployment (its
+//!    container paths mapped to this run: that config, a certificate for
+//!    127.0.0.1); `helm install` the chart in external-URL mode;
 //! 7. run the cases (`cargo test -p e2e --test cases -- --ignored`);
 //! 8. `helm uninstall`, and check that no webhook configuration is left;
 //! 9. install the chart in its own mode (self-signed certificates), upgrade
@@ -129,22 +130,26 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     run_cmd(&mut dry_run)?;
     timer.step("server-side dry run of the rendered chart");
 
-    // The webhook server and its webhook configurations.
+    // The webhook server, started with the arguments of the chart's
+    // Deployment (paths mapped to this run), and its webhook configurations.
     let certs = certs::write_dev_certs(&work.join("webhook-certs"), &["127.0.0.1".into(), "localhost".into()])?;
     let mut serve = Command::new(&server_bin);
-    serve
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--addr")
-        .arg(format!("127.0.0.1:{webhook_port}"))
-        .arg("--tls-cert")
-        .arg(&certs.cert)
-        .arg("--tls-key")
-        .arg(&certs.key)
-        .arg("--module-cache")
-        .arg(work.join("module-cache"))
-        .env("RUST_LOG", "info");
+    let chart_args = output(Command::new(&e2e_bin).arg("server-args").arg(&in_cluster))?;
+    for arg in chart_args.lines() {
+        let mapped = match arg.split_once('=') {
+            Some(("--config", _)) => format!("--config={}", config.display()),
+            Some(("--addr", _)) => format!("--addr=127.0.0.1:{webhook_port}"),
+            Some(("--tls-cert", _)) => format!("--tls-cert={}", certs.cert.display()),
+            Some(("--tls-key", _)) => format!("--tls-key={}", certs.key.display()),
+            Some(("--module-cache", _)) => format!("--module-cache={}", work.join("module-cache").display()),
+            Some((flag, value)) if value.starts_with('/') => {
+                bail!("the chart passes {flag} a path in the container ({value}); map it for the local server")
+            }
+            _ => arg.to_owned(),
+        };
+        serve.arg(mapped);
+    }
+    serve.env("RUST_LOG", "info");
     let mut webhook = Service::start("webhook-server", &serve, &work.join("logs/webhook-server.log"))?;
     wait_for_port(&mut webhook, webhook_port, Duration::from_secs(120))?;
     run_cmd(
@@ -300,6 +305,16 @@ impl Timer {
         }
         eprintln!("  {:>7.1}s  total", self.started.elapsed().as_secs_f64());
     }
+}
+
+/// Runs a command and returns its standard output.
+fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().with_context(|| format!("starting {shown}"))?;
+    if !out.status.success() {
+        bail!("{shown} failed with {}:\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Removes the directories of earlier runs whose process has ended (Linux:
