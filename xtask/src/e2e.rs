@@ -406,6 +406,25 @@ fn check_chart(
         eprintln!("e2e: rendered {}", file.strip_prefix(root).unwrap_or(&file).display());
         rendered.push(file);
     }
+    // Values the chart must refuse (values.schema.json and its required checks).
+    let refused: [(&[&str], &str); 5] = [
+        (&["--set", "policies.ingress-tls.failurePolicy=Maybe"], "value must be one of 'Fail', 'Ignore'"),
+        (&["--set", "policies.Bad_Name.module=x.wasm"], "does not match pattern"),
+        (&["--set", "replicas=3"], "additional properties 'replicas' not allowed"),
+        (&["--set", "webhook.url=https://127.0.0.1:8443"], "webhook.caBundle is required with webhook.url"),
+        (&["--set", "certificates.mode=existing"], "is required when certificates.mode is existing"),
+    ];
+    for (args, expected) in refused {
+        let mut cmd = helm.cmd(&no_cluster);
+        cmd.args(["template", RELEASE]).arg(chart).args(args);
+        let out = cmd.output().context("running helm template")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if out.status.success() || !stderr.contains(expected) {
+            bail!("helm template {args:?} should fail with {expected:?}; it said: {stderr}");
+        }
+    }
+    eprintln!("e2e: the chart refuses {} kinds of bad values", refused.len());
+
     // External-URL mode renders the webhook configurations and nothing else.
     let text = helm.output(
         helm.cmd(&no_cluster)
