@@ -169,7 +169,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     test.args(["test", "--package", "e2e", "--test", "cases", "--", "--ignored", "--test-threads=1"])
         .args(&options.test_args)
         .env("PORTCULLIS_E2E_KUBECONFIG", &kubeconfig);
-    let outcome = run_cmd(&mut test);
+    let outcome = crate::run_tests(&mut test);
     timer.step("cases");
     if let Err(e) = outcome {
         for service in [&mut webhook, &mut apiserver, &mut etcd] {
