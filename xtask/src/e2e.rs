@@ -184,19 +184,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         return Err(e);
     }
 
-    // Uninstall leaves no webhook configuration behind.
-    run_cmd(helm.cmd(&kubeconfig).args(["uninstall", RELEASE, "--namespace", NAMESPACE, "--wait"]))?;
-    for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"] {
-        run_cmd(&mut e2e(&[
-            "expect-none",
-            "--api-version",
-            "admissionregistration.k8s.io/v1",
-            "--kind",
-            kind,
-            "--selector",
-            &format!("app.kubernetes.io/instance={RELEASE}"),
-        ]))?;
-    }
+    uninstall_leaves_no_webhooks(&helm, &kubeconfig, RELEASE, NAMESPACE, &e2e)?;
     timer.step("helm uninstall");
 
     // The chart in its own mode (self-signed certificates): install, upgrade
@@ -210,6 +198,23 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     drop(etcd);
     timer.step("teardown");
     timer.print();
+    Ok(())
+}
+
+/// Uninstalls a release and checks that no webhook configuration of it is left.
+fn uninstall_leaves_no_webhooks(
+    helm: &Helm,
+    kubeconfig: &Path,
+    release: &str,
+    namespace: &str,
+    e2e: &dyn Fn(&[&str]) -> Command,
+) -> anyhow::Result<()> {
+    run_cmd(helm.cmd(kubeconfig).args(["uninstall", release, "--namespace", namespace, "--wait"]))?;
+    let selector = format!("app.kubernetes.io/instance={release}");
+    for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"] {
+        let api_version = "admissionregistration.k8s.io/v1";
+        run_cmd(&mut e2e(&["expect-none", "--api-version", api_version, "--kind", kind, "--selector", &selector]))?;
+    }
     Ok(())
 }
 
@@ -265,19 +270,7 @@ fn chart_lifecycle(
         bail!("helm upgrade replaced the self-signed CA; it must be kept (lookup of the existing Secret)");
     }
     eprintln!("e2e: the self-signed CA survived helm upgrade and is the webhooks' caBundle");
-    run_cmd(helm.cmd(kubeconfig).args(["uninstall", FULL, "--namespace", FULL, "--wait"]))?;
-    for kind in ["ValidatingWebhookConfiguration", "MutatingWebhookConfiguration"] {
-        let selector = format!("app.kubernetes.io/instance={FULL}");
-        run_cmd(&mut e2e(&[
-            "expect-none",
-            "--api-version",
-            "admissionregistration.k8s.io/v1",
-            "--kind",
-            kind,
-            "--selector",
-            &selector,
-        ]))?;
-    }
+    uninstall_leaves_no_webhooks(helm, kubeconfig, FULL, FULL, e2e)?;
     Ok(())
 }
 

@@ -4,9 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-use portcullis_sdk::testing::{request_for, request_from_file};
+use portcullis_sdk::testing::{FixtureCase, request_for, request_from_file};
 use portcullis_sdk::{Outcome, Verdict};
-use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::*;
@@ -471,20 +470,6 @@ fn fixture_request_decodes() -> Result<(), String> {
 
 fn test_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data")
-}
-
-/// One entry of `test_data/cases.yaml`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FixtureCase {
-    request: String,
-    allowed: bool,
-    #[serde(default)]
-    message: Vec<String>,
-    #[serde(default)]
-    warnings: Vec<String>,
-    #[serde(default)]
-    settings: Option<Value>,
 }
 
 fn fixture_cases() -> Result<Vec<FixtureCase>, String> {

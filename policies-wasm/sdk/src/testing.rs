@@ -14,6 +14,27 @@ struct Review {
     request: Option<Request>,
 }
 
+/// One entry of a policy's `test_data/cases.yaml`: a fixture file and the
+/// verdict expected for it. The policy's own tests run the cases natively,
+/// the host's test suite through the compiled module.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FixtureCase {
+    /// AdmissionReview file, relative to `test_data/`.
+    pub request: String,
+    /// Expected `allowed`.
+    pub allowed: bool,
+    /// Fragments that must all appear in the denial message.
+    #[serde(default)]
+    pub message: Vec<String>,
+    /// Fragments that must each appear in some warning.
+    #[serde(default)]
+    pub warnings: Vec<String>,
+    /// Settings for this case (default: `{}`).
+    #[serde(default)]
+    pub settings: Option<serde_json::Value>,
+}
+
 /// Extracts the request from AdmissionReview JSON.
 pub fn request_from_review(json: &str) -> Result<Request, String> {
     let review: Review = serde_json::from_str(json).map_err(|e| format!("invalid AdmissionReview: {e}"))?;

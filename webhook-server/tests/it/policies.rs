@@ -5,24 +5,11 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use serde::Deserialize;
+use portcullis_sdk::testing::FixtureCase;
 use webhook_server::admission::{self, Endpoint};
 use webhook_server::policy::PolicySet;
 
 use crate::common::{entry, load_ok, policy_module, runtime, workspace};
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    request: String,
-    allowed: bool,
-    #[serde(default)]
-    message: Vec<String>,
-    #[serde(default)]
-    warnings: Vec<String>,
-    #[serde(default)]
-    settings: Option<serde_json::Value>,
-}
 
 /// Policy crates with a `test_data/cases.yaml`.
 fn policy_crates() -> Vec<(String, PathBuf)> {
@@ -46,7 +33,8 @@ async fn every_policy_fixture_gives_its_expected_verdict_through_the_compiled_mo
     let mut checked = 0;
     for (policy, data) in crates {
         let text = std::fs::read_to_string(data.join("cases.yaml")).unwrap_or_else(|e| panic!("{policy}: {e}"));
-        let cases: Vec<Case> = serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{policy}/cases.yaml: {e}"));
+        let cases: Vec<FixtureCase> =
+            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{policy}/cases.yaml: {e}"));
         let mut sets: HashMap<String, Arc<PolicySet>> = HashMap::new();
         for case in cases {
             let settings = case.settings.clone().unwrap_or_else(|| serde_json::json!({}));
