@@ -125,17 +125,8 @@ struct Findings {
 
 impl Findings {
     fn into_verdict(self, name: &str) -> Verdict {
-        if self.problems.is_empty() {
-            return Verdict::allow().with_warnings(self.warnings);
-        }
-        let count = self.problems.len();
-        let noun = if count == 1 { "problem" } else { "problems" };
-        let mut message = format!("Ingress {name} is not fully served over TLS ({count} {noun}):");
-        for problem in &self.problems {
-            message.push_str("\n- ");
-            message.push_str(problem);
-        }
-        Verdict::deny(message).with_warnings(self.warnings)
+        Verdict::deny_all(&format!("Ingress {name} is not fully served over TLS"), &self.problems)
+            .with_warnings(self.warnings)
     }
 }
 

@@ -38,10 +38,12 @@ mod verdict;
 
 pub mod abi;
 pub mod log;
+pub mod mutation;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
 pub use request::{GroupVersionKind, GroupVersionResource, Operation, Request, UserInfo};
-pub use settings::{NoSettings, Settings, SettingsValidation};
+pub use settings::{NoSettings, Settings, SettingsValidation, parse_settings};
 pub use verdict::{Outcome, Verdict};
 
 /// Re-exported so policies and the host agree on the patch type.

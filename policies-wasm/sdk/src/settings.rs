@@ -44,10 +44,17 @@ impl SettingsValidation {
 
 /// Decodes settings JSON and runs [`Settings::validate`].
 pub fn parse_settings<S: Settings>(json: &[u8]) -> Result<S, String> {
-    let settings: S = match serde_json::from_slice::<Option<S>>(json) {
+    // The path of the offending field leads the message (`bindings[0].aws:
+    // unknown field ...`), which serde's own errors do not say.
+    let mut deserializer = serde_json::Deserializer::from_slice(json);
+    let settings: S = match serde_path_to_error::deserialize::<_, Option<S>>(&mut deserializer) {
         Ok(settings) => settings.unwrap_or_default(),
-        Err(e) => return Err(format!("invalid settings: {e}")),
+        Err(e) if e.path().iter().next().is_none() => return Err(format!("invalid settings: {}", e.inner())),
+        Err(e) => return Err(format!("invalid settings: {}: {}", e.path(), e.inner())),
     };
+    if let Err(e) = deserializer.end() {
+        return Err(format!("invalid settings: {e}"));
+    }
     settings.validate()?;
     Ok(settings)
 }
@@ -79,6 +86,25 @@ mod tests {
         let v = SettingsValidation::check::<Limits>(br#"{"maxx": 3}"#);
         assert!(!v.valid);
         assert!(v.message.unwrap_or_default().contains("maxx"));
+    }
+
+    #[derive(Debug, Default, Deserialize)]
+    #[serde(default, deny_unknown_fields)]
+    struct Nested {
+        items: Vec<Limits>,
+    }
+
+    impl Settings for Nested {}
+
+    #[test]
+    fn errors_name_the_path_of_the_field() {
+        let v = SettingsValidation::check::<Nested>(br#"{"items": [{"max": 1}, {"max": "two"}]}"#);
+        let message = v.message.unwrap_or_default();
+        assert!(message.starts_with("invalid settings: items[1].max: invalid type"), "{message}");
+        let v = SettingsValidation::check::<Nested>(br#"{"items": [{"maxx": 1}]}"#);
+        let message = v.message.unwrap_or_default();
+        assert!(message.contains("items[0].maxx: unknown field `maxx`"), "{message}");
+        assert!(!SettingsValidation::check::<Nested>(br#"{} {}"#).valid, "trailing data is refused");
     }
 
     #[test]

@@ -5,18 +5,21 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::Request;
+use serde_json::Value;
+
 use crate::settings::{Settings, parse_settings};
 use crate::verdict::Outcome;
+use crate::{Request, Verdict};
 
 #[derive(Deserialize)]
 struct Review {
     request: Option<Request>,
 }
 
-/// One entry of a policy's `test_data/cases.yaml`: a fixture file and the
-/// verdict expected for it. The policy's own tests run the cases natively,
-/// the host's test suite through the compiled module.
+/// One entry of a policy's `test_data/cases.yaml`: a fixture file and what
+/// the policy must answer for it. The policy's own tests run the cases
+/// natively ([`run_cases`]), the host's test suite through the compiled
+/// module; both check them with [`FixtureCase::check`].
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FixtureCase {
@@ -33,6 +36,166 @@ pub struct FixtureCase {
     /// Settings for this case (default: `{}`).
     #[serde(default)]
     pub settings: Option<serde_json::Value>,
+    /// The object expected after the policy's patch is applied (a YAML or
+    /// JSON file relative to `test_data/`). Absent: the answer must carry
+    /// no patch. When present, the patched object is evaluated again and
+    /// must be admitted with no patch (idempotence).
+    #[serde(default)]
+    pub patched: Option<String>,
+}
+
+/// What an evaluation answered, in the terms a case is checked against.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Answer {
+    /// Whether the request was admitted.
+    pub allowed: bool,
+    /// The denial message (empty when admitted).
+    pub message: String,
+    /// Warnings.
+    pub warnings: Vec<String>,
+    /// The patch sent back, if any (only admitted requests carry one).
+    pub patch: Option<json_patch::Patch>,
+}
+
+impl Answer {
+    /// The answer a verdict amounts to for a request about `object`, as the
+    /// host forms it: a denial's patch is dropped, a mutated object is
+    /// diffed into a patch, and an empty patch is no patch.
+    pub fn from_verdict(verdict: Verdict, object: Option<&Value>) -> Self {
+        let patch = match (verdict.allowed, verdict.patch, verdict.mutated_object, object) {
+            (false, ..) => None,
+            (true, Some(patch), _, _) => Some(patch),
+            (true, None, Some(mutated), Some(object)) => Some(json_patch::diff(object, &mutated)),
+            _ => None,
+        };
+        Self {
+            allowed: verdict.allowed,
+            message: verdict.message.unwrap_or_default(),
+            warnings: verdict.warnings,
+            patch: patch.filter(|p| !p.is_empty()),
+        }
+    }
+}
+
+/// Reads the cases of `test_data/cases.yaml`.
+pub fn load_cases(test_data: &Path) -> Result<Vec<FixtureCase>, String> {
+    let path = test_data.join("cases.yaml");
+    let yaml = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_yaml::from_str(&yaml).map_err(|e| format!("parsing {}: {e}", path.display()))
+}
+
+impl FixtureCase {
+    /// The AdmissionReview of this case, as JSON.
+    pub fn review(&self, test_data: &Path) -> Result<Value, String> {
+        let path = test_data.join(&self.request);
+        let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", self.request))
+    }
+
+    /// The settings of this case (`{}` when it gives none).
+    pub fn settings_json(&self) -> Value {
+        self.settings.clone().unwrap_or_else(|| Value::Object(serde_json::Map::new()))
+    }
+
+    /// Checks the answer to [`FixtureCase::review`]. When the answer patched
+    /// the object, returns the review to evaluate next: the same request
+    /// with the patched object, whose answer [`FixtureCase::check_rerun`]
+    /// checks.
+    pub fn check(&self, test_data: &Path, review: &Value, answer: &Answer) -> Result<Option<Value>, String> {
+        if answer.allowed != self.allowed {
+            let message = if answer.message.is_empty() { String::new() } else { format!(": {}", answer.message) };
+            return Err(format!("expected allowed={}, got allowed={}{message}", self.allowed, answer.allowed));
+        }
+        if let Some(missing) = self.message.iter().find(|f| !answer.message.contains(f.as_str())) {
+            return Err(format!("message lacks {missing:?}:\n{}", answer.message));
+        }
+        if let Some(missing) = self.warnings.iter().find(|f| !answer.warnings.iter().any(|w| w.contains(f.as_str()))) {
+            return Err(format!("warnings {:?} lack {missing:?}", answer.warnings));
+        }
+        let (expected, patch) = match (&self.patched, &answer.patch) {
+            (None, None) => return Ok(None),
+            (None, Some(patch)) => return Err(format!("expected no patch, got {}", show(patch))),
+            (Some(file), None) => return Err(format!("expected a patch giving {file}, got none")),
+            (Some(file), Some(patch)) => (read_object(&test_data.join(file))?, patch),
+        };
+        let mut object = review.pointer("/request/object").cloned().ok_or("the review has no request.object")?;
+        json_patch::patch(&mut object, patch).map_err(|e| format!("the patch {} does not apply: {e}", show(patch)))?;
+        if object != expected {
+            let from_expected = json_patch::diff(&expected, &object);
+            return Err(format!(
+                "the patched object differs from {}: from it to the patched object: {}\n(patch: {})",
+                self.patched.as_deref().unwrap_or_default(),
+                show(&from_expected),
+                show(patch)
+            ));
+        }
+        let mut rerun = review.clone();
+        if let Some(slot) = rerun.pointer_mut("/request/object") {
+            *slot = object;
+        }
+        Ok(Some(rerun))
+    }
+
+    /// Checks the answer to the review [`FixtureCase::check`] returned: the
+    /// patched object must be admitted with no further patch.
+    pub fn check_rerun(&self, answer: &Answer) -> Result<(), String> {
+        match (&answer.allowed, &answer.patch) {
+            (true, None) => Ok(()),
+            (false, _) => Err(format!("not idempotent: the patched object is denied: {}", answer.message)),
+            (true, Some(patch)) => Err(format!("not idempotent: the patched object is patched again: {}", show(patch))),
+        }
+    }
+}
+
+fn show(patch: &json_patch::Patch) -> String {
+    serde_json::to_string(patch).unwrap_or_default()
+}
+
+/// Reads an object file: YAML (which includes JSON).
+fn read_object(path: &Path) -> Result<Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    serde_yaml::from_str(&text).map_err(|e| format!("parsing {}: {e}", path.display()))
+}
+
+/// Runs every case of `test_data/cases.yaml` natively through `evaluate`
+/// (the function [`crate::policy!`] generates outside wasm, which decodes its
+/// input exactly as the wasm export does), checks each with
+/// [`FixtureCase::check`] and its idempotence, and checks that every
+/// `*.json` fixture of `test_data/` is listed. Returns the number of cases;
+/// the error lists every failing case.
+pub fn run_cases(test_data: &Path, evaluate: fn(&[u8]) -> Outcome) -> Result<usize, String> {
+    let cases = load_cases(test_data)?;
+    let answer = |review: &Value, settings: &Value| -> Result<Answer, String> {
+        let request = review.get("request").ok_or("the review has no request")?;
+        let input = serde_json::json!({"request": request, "settings": settings});
+        match evaluate(input.to_string().as_bytes()) {
+            Outcome::Verdict(verdict) => Ok(Answer::from_verdict(verdict, request.get("object"))),
+            Outcome::Error { error } => Err(format!("the policy reported an error: {error}")),
+        }
+    };
+    let mut failures = Vec::new();
+    for case in &cases {
+        let settings = case.settings_json();
+        let result = case.review(test_data).and_then(|review| {
+            let first = answer(&review, &settings)?;
+            match case.check(test_data, &review, &first)? {
+                Some(rerun) => case.check_rerun(&answer(&rerun, &settings)?),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = result {
+            failures.push(format!("{} (settings {settings}): {e}", case.request));
+        }
+    }
+    let listed: Vec<&str> = cases.iter().map(|c| c.request.as_str()).collect();
+    let dir = std::fs::read_dir(test_data).map_err(|e| format!("reading {}: {e}", test_data.display()))?;
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".json") && !listed.contains(&name.as_str()) {
+            failures.push(format!("test_data/{name} has no entry in cases.yaml"));
+        }
+    }
+    if failures.is_empty() { Ok(cases.len()) } else { Err(failures.join("\n\n")) }
 }
 
 /// Extracts the request from AdmissionReview JSON.

@@ -36,6 +36,22 @@ impl Verdict {
         Self { allowed: false, message: Some(message.into()), ..Self::default() }
     }
 
+    /// Deny listing every problem, one per line, so that one round of fixes
+    /// is enough: `"{summary} (2 problems):\n- first\n- second"`. With no
+    /// problems, admit.
+    pub fn deny_all(summary: &str, problems: &[String]) -> Self {
+        if problems.is_empty() {
+            return Self::allow();
+        }
+        let noun = if problems.len() == 1 { "problem" } else { "problems" };
+        let mut message = format!("{summary} ({} {noun}):", problems.len());
+        for problem in problems {
+            message.push_str("\n- ");
+            message.push_str(problem);
+        }
+        Self::deny(message)
+    }
+
     /// Admit with these RFC 6902 operations applied.
     pub fn patch(patch: json_patch::Patch) -> Self {
         Self { allowed: true, patch: Some(patch), ..Self::default() }
@@ -106,6 +122,15 @@ mod tests {
     fn allow_serializes_minimally() {
         let json = serde_json::to_string(&Verdict::allow()).unwrap_or_default();
         assert_eq!(json, r#"{"allowed":true}"#);
+    }
+
+    #[test]
+    fn deny_all_lists_every_problem() {
+        let v = Verdict::deny_all("Pod \"a/b\" is refused", &["one".into(), "two".into()]);
+        assert_eq!(v.message.as_deref(), Some("Pod \"a/b\" is refused (2 problems):\n- one\n- two"));
+        assert!(!v.allowed);
+        assert_eq!(Verdict::deny_all("x", &["only".into()]).message.as_deref(), Some("x (1 problem):\n- only"));
+        assert!(Verdict::deny_all("x", &[]).allowed);
     }
 
     #[test]
