@@ -1,6 +1,9 @@
 //! The `webhook-server` binary: `run` offline, and configs refused at start.
 
+use std::path::Path;
 use std::process::{Command, Output};
+
+use base64::Engine as _;
 
 use crate::common::{TempConfig, entry, guest, policy_module, workspace};
 
@@ -21,19 +24,69 @@ fn stderr(o: &Output) -> String {
 }
 
 fn run_fixture(file: &str) -> (Output, serde_json::Value) {
+    run_policy("ingress-tls", &workspace().join("policies-wasm/ingress-tls/test_data").join(file))
+}
+
+/// `webhook-server run` of the default config's `policy` on a review file.
+fn run_policy(policy: &str, request: &Path) -> (Output, serde_json::Value) {
     let config = workspace().join("webhook-server/config/default.yaml");
-    let request = workspace().join("policies-wasm/ingress-tls/test_data").join(file);
     let out = server(&[
         "run",
         "--config",
         &config.to_string_lossy(),
         "--policy",
-        "ingress-tls",
+        policy,
         "--request",
         &request.to_string_lossy(),
     ]);
-    let review = serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{file}: {e}: {}", stderr(&out)));
+    let review =
+        serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{}: {e}: {}", request.display(), stderr(&out)));
     (out, review)
+}
+
+/// The mutating policy's acceptance through the binary: `run` answers with a
+/// base64 JSONPatch whose application gives the fixture's expected object,
+/// and a second `run` on that object answers with no patch.
+#[test]
+fn run_returns_a_patch_that_gives_the_expected_object_and_nothing_on_a_second_run() {
+    let data = workspace().join("policies-wasm/service-account-identity/test_data");
+    let scratch = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    for (fixture, expected) in [
+        ("sa-bound-create.json", "patched/sa-bound-create.yaml"),
+        ("pod-default-sa.json", "patched/pod-default-sa.yaml"),
+    ] {
+        let (out, answer) = run_policy("service-account-identity", &data.join(fixture));
+        assert!(out.status.success(), "{fixture}: {}", stderr(&out));
+        let response = &answer["response"];
+        assert_eq!(response["allowed"], true, "{fixture}: {response}");
+        assert_eq!(response["patchType"], "JSONPatch", "{fixture}: {response}");
+        let b64 = response["patch"].as_str().unwrap_or_else(|| panic!("{fixture}: no patch: {response}"));
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64).unwrap_or_else(|e| panic!("{fixture}: {e}"));
+        let patch: json_patch::Patch = serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{fixture}: {e}"));
+
+        let mut review: serde_json::Value =
+            serde_json::from_str(&fixture_text(&data.join(fixture))).unwrap_or_default();
+        let object = review.pointer_mut("/request/object").unwrap_or_else(|| panic!("{fixture}: no object"));
+        json_patch::patch(object, &patch).unwrap_or_else(|e| panic!("{fixture}: patch does not apply: {e}"));
+        let wanted: serde_json::Value =
+            serde_yaml::from_str(&fixture_text(&data.join(expected))).unwrap_or_else(|e| panic!("{expected}: {e}"));
+        assert_eq!(*object, wanted, "{fixture}: patched object differs from {expected}");
+
+        let again = scratch.path().join(fixture);
+        std::fs::write(&again, review.to_string()).unwrap_or_else(|e| panic!("{e}"));
+        let (out, second) = run_policy("service-account-identity", &again);
+        assert!(out.status.success(), "{fixture}: {}", stderr(&out));
+        assert_eq!(second["response"]["allowed"], true, "{fixture}: second run: {}", second["response"]);
+        assert!(
+            second["response"].get("patch").is_none(),
+            "{fixture}: second run patched again: {}",
+            second["response"]
+        );
+    }
+}
+
+fn fixture_text(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 #[test]
@@ -113,5 +166,5 @@ fn check_validates_a_good_config() {
     let config = workspace().join("webhook-server/config/default.yaml");
     let out = server(&["check", "--config", &config.to_string_lossy()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("ingress-tls"));
+    assert!(stdout(&out).contains("ingress-tls") && stdout(&out).contains("service-account-identity"));
 }

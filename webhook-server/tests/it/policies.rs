@@ -5,9 +5,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use portcullis_sdk::testing::FixtureCase;
+use base64::Engine as _;
+use portcullis_sdk::testing::{Answer, load_cases};
 use webhook_server::admission::{self, Endpoint};
-use webhook_server::policy::PolicySet;
+use webhook_server::policy::{Policy, PolicySet};
 
 use crate::common::{entry, load_ok, policy_module, runtime, workspace};
 
@@ -28,54 +29,73 @@ fn policy_crates() -> Vec<(String, PathBuf)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_policy_fixture_gives_its_expected_verdict_through_the_compiled_module() {
     let crates = policy_crates();
-    assert!(crates.iter().any(|(name, _)| name == "ingress-tls"), "ingress-tls has no cases.yaml");
+    for expected in ["ingress-tls", "service-account-identity"] {
+        assert!(crates.iter().any(|(name, _)| name == expected), "{expected} has no cases.yaml");
+    }
     let rt = runtime();
     let mut checked = 0;
+    let mut failures = Vec::new();
     for (policy, data) in crates {
-        let text = std::fs::read_to_string(data.join("cases.yaml")).unwrap_or_else(|e| panic!("{policy}: {e}"));
-        let cases: Vec<FixtureCase> =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{policy}/cases.yaml: {e}"));
+        let cases = load_cases(&data).unwrap_or_else(|e| panic!("{policy}: {e}"));
         let mut sets: HashMap<String, Arc<PolicySet>> = HashMap::new();
         for case in cases {
-            let settings = case.settings.clone().unwrap_or_else(|| serde_json::json!({}));
+            let settings = case.settings_json();
             let key = settings.to_string();
             let set = match sets.get(&key) {
                 Some(set) => set.clone(),
                 None => {
-                    let extra = format!("settings: {key}");
+                    let extra = format!("mutating: true\nsettings: {key}");
                     let set = Arc::new(load_ok(&rt, &[entry(&policy, &policy_module(&policy), &extra)]).await);
                     sets.insert(key, set.clone());
                     set
                 }
             };
             let loaded = set.get(&policy).unwrap_or_else(|| panic!("{policy} not loaded"));
-            let body = std::fs::read(data.join(&case.request)).unwrap_or_else(|e| panic!("{}: {e}", case.request));
-            let incoming = admission::parse(&body).unwrap_or_else(|e| panic!("{}: {e}", case.request));
-            let verdict = loaded.evaluate(incoming.raw.get()).await;
-            let decision = admission::decide(loaded, Endpoint::Validate, &incoming, verdict);
-            let what = format!("{policy}: {} with settings {}", case.request, settings);
-            assert!(decision.failure.is_none(), "{what}: evaluation failed: {:?}", decision.failure);
-            let response = decision.response;
-            assert_eq!(response.uid, incoming.request.uid, "{what}: uid not echoed");
-            assert_eq!(response.allowed, case.allowed, "{what}: {}", response.result.message);
-            for fragment in &case.message {
-                assert!(
-                    response.result.message.contains(fragment),
-                    "{what}: {:?} lacks {fragment:?}",
-                    response.result.message
-                );
-            }
-            let warnings = response.warnings.unwrap_or_default();
-            for fragment in &case.warnings {
-                assert!(
-                    warnings.iter().any(|w| w.contains(fragment)),
-                    "{what}: warnings {warnings:?} lack {fragment:?}"
-                );
+            let result = async {
+                let review = case.review(&data)?;
+                let first = answer(loaded, &review).await?;
+                match case.check(&data, &review, &first)? {
+                    Some(rerun) => case.check_rerun(&answer(loaded, &rerun).await?),
+                    None => Ok(()),
+                }
+            };
+            if let Err(e) = result.await {
+                failures.push(format!("{policy}: {} with settings {settings}: {e}", case.request));
             }
             checked += 1;
         }
     }
-    assert!(checked >= 10, "only {checked} cases ran");
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    assert!(checked >= 30, "only {checked} cases ran");
+}
+
+/// What the server answers on `/mutate/{policy}` for `review`, as a case
+/// checks it (the patch decoded from base64); the uid must be echoed.
+async fn answer(policy: &Policy, review: &serde_json::Value) -> Result<Answer, String> {
+    let body = serde_json::to_vec(review).map_err(|e| e.to_string())?;
+    let incoming = admission::parse(&body).map_err(|e| e.to_string())?;
+    let verdict = policy.evaluate(incoming.raw.get()).await;
+    let decision = admission::decide(policy, Endpoint::Mutate, &incoming, verdict);
+    if let Some(failure) = decision.failure {
+        return Err(format!("evaluation failed: {failure}"));
+    }
+    let response = decision.response;
+    if response.uid != incoming.request.uid {
+        return Err(format!("uid {:?} not echoed (got {:?})", incoming.request.uid, response.uid));
+    }
+    let patch = match decision.patch {
+        Some(b64) => {
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| e.to_string())?;
+            Some(serde_json::from_slice(&bytes).map_err(|e| format!("patch: {e}"))?)
+        }
+        None => None,
+    };
+    Ok(Answer {
+        allowed: response.allowed,
+        message: response.result.message,
+        warnings: response.warnings.unwrap_or_default(),
+        patch,
+    })
 }
 
 /// The default config of the repository loads as it is.
@@ -85,4 +105,6 @@ async fn default_config_loads() {
     let config = webhook_server::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     let set = PolicySet::load(&runtime(), &config).await.unwrap_or_else(|e| panic!("{}", crate::common::chain(&e)));
     assert!(set.get("ingress-tls").is_some());
+    let identity = set.get("service-account-identity").unwrap_or_else(|| panic!("service-account-identity not loaded"));
+    assert!(identity.config.mutating, "service-account-identity is served on /mutate");
 }
