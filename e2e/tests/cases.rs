@@ -54,6 +54,9 @@ cases! {
     failure_policy_ignore_webhook_down => "failure-policy-ignore-webhook-down",
     guest_deadline_fail_closed => "guest-deadline-fail-closed",
     guest_deadline_fail_open => "guest-deadline-fail-open",
+    identity_bound_service_account => "identity-bound-service-account",
+    identity_claim_other_teams_role => "identity-claim-other-teams-role",
+    identity_bound_pod_on_default => "identity-bound-pod-on-default",
 }
 
 #[test]

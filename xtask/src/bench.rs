@@ -18,29 +18,17 @@ use crate::{cargo, certs, run_cmd, wasm};
 const WRK_ARGS: [&str; 6] = ["-t1", "-c2", "-d10s", "--latency", "--timeout", "2s"];
 
 pub fn bench(root: &Path) -> anyhow::Result<()> {
-    let policies = wasm::build_policies(root)?;
+    wasm::build_policies(root)?;
     ensure_wrk()?;
     run_cmd(cargo().args(["build", "--release", "--package", "webhook-server"]))?;
-    run_cmd(
-        cargo()
-            .args(["bench", "--package", "webhook-server", "--bench", "evaluate"])
-            .env("PORTCULLIS_POLICY_DIR", &policies),
-    )?;
+    run_cmd(cargo().args(["bench", "--package", "webhook-server", "--bench", "evaluate"]))?;
 
     let work = root.join("target/bench");
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work)?;
     let certs = certs::write_dev_certs(&work.join("certs"), &["127.0.0.1".into(), "localhost".into()])?;
-    let config = work.join("bench.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "policies:\n\
-             - name: allow-all\n  module: {p}/test-guests/allow_all.wasm\n\
-             - name: ingress-tls\n  module: {p}/ingress-tls.wasm\n",
-            p = policies.display()
-        ),
-    )?;
+    // The same policies and settings as the in-process benchmark.
+    let config = root.join("webhook-server/benches/bench.yaml");
     let cache = work.join("module-cache");
     let port = free_port()?;
     let binary = root.join("target/release/webhook-server");
@@ -76,10 +64,15 @@ pub fn bench(root: &Path) -> anyhow::Result<()> {
     println!("start to ready: {} ms cold, {} ms with the module cache", cold.as_millis(), cached.as_millis());
     println!("idle RSS: {:.1} MiB", idle as f64 / 1024.0);
 
-    let body_dir = root.join("policies-wasm/ingress-tls/test_data");
-    for (policy, body) in [("allow-all", "realistic-3kb.json"), ("ingress-tls", "realistic-3kb.json")] {
+    let ingress = "policies-wasm/ingress-tls/test_data/realistic-3kb.json";
+    let pod = "policies-wasm/service-account-identity/test_data/pod-realistic-3kb.json";
+    for (policy, path, body) in [
+        ("allow-all", "validate", ingress),
+        ("ingress-tls", "validate", ingress),
+        ("service-account-identity", "mutate", pod),
+    ] {
         let script = work.join(format!("{policy}.lua"));
-        let body = std::fs::read_to_string(body_dir.join(body))?;
+        let body = std::fs::read_to_string(root.join(body))?;
         std::fs::write(
             &script,
             format!(
@@ -88,9 +81,10 @@ pub fn bench(root: &Path) -> anyhow::Result<()> {
             ),
         )?;
         println!();
-        println!("wrk {} (POST {} bytes) https://127.0.0.1:{port}/validate/{policy}", WRK_ARGS.join(" "), body.len());
+        let url = format!("https://127.0.0.1:{port}/{path}/{policy}");
+        println!("wrk {} (POST {} bytes) {url}", WRK_ARGS.join(" "), body.len());
         let mut wrk = Command::new("wrk");
-        wrk.args(WRK_ARGS).arg("-s").arg(&script).arg(format!("https://127.0.0.1:{port}/validate/{policy}"));
+        wrk.args(WRK_ARGS).arg("-s").arg(&script).arg(&url);
         run_cmd(&mut wrk)?;
     }
     let peak = rss_kib(server.0.id(), "VmHWM")?;

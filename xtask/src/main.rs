@@ -109,17 +109,23 @@ fn run(root: &Path, addr: &str, config: Option<PathBuf>) -> anyhow::Result<()> {
     let certs = certs::ensure_dev_certs(&root.join("target/dev-certs"))?;
     let config = config.unwrap_or_else(|| root.join("webhook-server/config/default.yaml"));
     let port = addr.rsplit(':').next().unwrap_or("8443");
-    let sample = "policies-wasm/ingress-tls/test_data/no-tls.json";
+    let ca = certs.ca.strip_prefix(root).unwrap_or(&certs.ca).display().to_string();
+    let curl = |sample: &str, path: &str| {
+        format!(
+            "  curl -sS --cacert {ca} -H 'Content-Type: application/json' --data @{sample} https://localhost:{port}{path}"
+        )
+    };
     println!();
     println!("Portcullis is starting on https://{addr} with the built-in policies of {}.", config.display());
-    println!("In another terminal, from {}, send it a sample AdmissionReview:", root.display());
+    println!("In another terminal, from {}, send it sample AdmissionReviews:", root.display());
     println!();
+    println!("{}", curl("policies-wasm/ingress-tls/test_data/no-tls.json", "/validate/ingress-tls"));
     println!(
-        "  curl -sS --cacert {} -H 'Content-Type: application/json' --data @{sample} https://localhost:{port}/validate/ingress-tls",
-        certs.ca.strip_prefix(root).unwrap_or(&certs.ca).display()
+        "{}",
+        curl("policies-wasm/service-account-identity/test_data/pod-default-sa.json", "/mutate/service-account-identity")
     );
     println!();
-    println!("(other samples: policies-wasm/ingress-tls/test_data/*.json; metrics: https://localhost:{port}/metrics)");
+    println!("(other samples: policies-wasm/*/test_data/*.json; metrics: https://localhost:{port}/metrics)");
     println!();
     let binary = root.join("target/release/webhook-server");
     let mut cmd = Command::new(binary);
