@@ -188,9 +188,57 @@ struct RawOutcome {
     #[serde(default)]
     warnings: Vec<String>,
     #[serde(default)]
-    patch: Option<json_patch::Patch>,
+    patch: Option<Vec<WireOperation>>,
     #[serde(default)]
     mutated_object: Option<serde_json::Value>,
+}
+
+/// One RFC 6902 operation as it crosses the boundary. `json_patch`'s own
+/// decoder goes through serde's buffering of internally tagged enums, which
+/// cost most of the decoding of a mutator's verdict (about 10 µs for a
+/// 20-operation patch); this plain struct decodes in one pass and converts.
+#[derive(Debug, Deserialize)]
+struct WireOperation {
+    op: String,
+    path: String,
+    #[serde(default)]
+    from: Option<String>,
+    /// Present (even as `null`) or absent.
+    #[serde(default, deserialize_with = "present")]
+    value: Option<serde_json::Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(d).map(Some)
+}
+
+impl WireOperation {
+    fn into_operation(self, index: usize) -> Result<json_patch::PatchOperation, String> {
+        use json_patch::jsonptr::PointerBuf;
+        use json_patch::{
+            AddOperation, CopyOperation, MoveOperation, PatchOperation, RemoveOperation, ReplaceOperation,
+            TestOperation,
+        };
+        let pointer = |p: String, field: &str| {
+            PointerBuf::parse(p).map_err(|e| format!("patch[{index}].{field} is not a JSON Pointer: {e}"))
+        };
+        let path = pointer(self.path, "path")?;
+        let value =
+            |v: Option<serde_json::Value>| v.ok_or_else(|| format!("patch[{index}] ({}) has no value", self.op));
+        let from = |f: Option<String>| match f {
+            Some(f) => pointer(f, "from"),
+            None => Err(format!("patch[{index}] ({}) has no from", self.op)),
+        };
+        Ok(match self.op.as_str() {
+            "add" => PatchOperation::Add(AddOperation { path, value: value(self.value)? }),
+            "remove" => PatchOperation::Remove(RemoveOperation { path }),
+            "replace" => PatchOperation::Replace(ReplaceOperation { path, value: value(self.value)? }),
+            "move" => PatchOperation::Move(MoveOperation { from: from(self.from)?, path }),
+            "copy" => PatchOperation::Copy(CopyOperation { from: from(self.from)?, path }),
+            "test" => PatchOperation::Test(TestOperation { path, value: value(self.value)? }),
+            other => return Err(format!("patch[{index}] has unknown op {other:?}")),
+        })
+    }
 }
 
 /// Decodes a verdict; a guest-reported error becomes [`EvalError::Guest`].
@@ -206,12 +254,22 @@ pub fn decode_verdict(bytes: &[u8]) -> Result<portcullis_sdk::Verdict, EvalError
     if raw.patch.is_some() && raw.mutated_object.is_some() {
         return Err(EvalError::BadOutput("verdict has both `patch` and `mutatedObject`".into()));
     }
+    let patch = match raw.patch {
+        Some(ops) => Some(json_patch::Patch(
+            ops.into_iter()
+                .enumerate()
+                .map(|(i, op)| op.into_operation(i))
+                .collect::<Result<_, _>>()
+                .map_err(|e| EvalError::BadOutput(format!("not a verdict: {e}")))?,
+        )),
+        None => None,
+    };
     Ok(portcullis_sdk::Verdict {
         allowed,
         message: raw.message,
         code: raw.code,
         warnings: raw.warnings,
-        patch: raw.patch,
+        patch,
         mutated_object: raw.mutated_object,
     })
 }
@@ -243,6 +301,28 @@ mod tests {
         ));
         let v = decode_verdict(br#"{"allowed":true,"patch":[{"op":"add","path":"/a~1b","value":1}]}"#);
         assert!(matches!(v, Ok(v) if v.patch.as_ref().map(|p| p.0.len()) == Some(1)));
+    }
+
+    #[test]
+    fn patches_decode_as_json_patch_does() -> Result<(), Box<dyn std::error::Error>> {
+        let ops = r#"[{"op":"add","path":"/a~1b","value":null},{"op":"remove","path":"/c"},{"op":"replace","path":"/d","value":[1]},
+                      {"op":"move","from":"/e","path":"/f"},{"op":"copy","from":"/g","path":"/h"},{"op":"test","path":"/i","value":"x"}]"#;
+        let verdict = decode_verdict(format!(r#"{{"allowed":true,"patch":{ops}}}"#).as_bytes())?;
+        let expected: json_patch::Patch = serde_json::from_str(ops)?;
+        assert_eq!(verdict.patch, Some(expected));
+        for (bad, fragment) in [
+            (r#"[{"op":"add","path":"/a"}]"#, "patch[0] (add) has no value"),
+            (r#"[{"op":"move","path":"/a"}]"#, "has no from"),
+            (r#"[{"op":"add","path":"a","value":1}]"#, "patch[0].path is not a JSON Pointer"),
+            (r#"[{"op":"merge","path":"/a","value":1}]"#, "unknown op \"merge\""),
+            (r#"[{"path":"/a"}]"#, "missing field `op`"),
+        ] {
+            match decode_verdict(format!(r#"{{"allowed":true,"patch":{bad}}}"#).as_bytes()) {
+                Err(EvalError::BadOutput(m)) => assert!(m.contains(fragment), "{bad}: {m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        Ok(())
     }
 
     #[test]

@@ -206,11 +206,11 @@ pub fn decide(
 ) -> Decision {
     let name = policy.name();
     let base = AdmissionResponse::from(&incoming.request);
-    let result = result.and_then(|verdict| {
+    let result = result.and_then(|mut verdict| {
         // Only an admitted request on a mutating endpoint carries a patch; a
         // denial's patch (if any) is ignored rather than checked.
         let patch = match endpoint {
-            Endpoint::Mutate if verdict.allowed => patch_of(&verdict, incoming.raw)?,
+            Endpoint::Mutate if verdict.allowed => patch_of(&mut verdict, incoming.raw)?,
             _ => None,
         };
         Ok((verdict, patch))
@@ -292,9 +292,9 @@ struct ObjectOnly {
     object: Option<serde_json::Value>,
 }
 
-/// The RFC 6902 patch a mutating verdict asks for, checked against the
-/// object; `None` when nothing changes.
-fn patch_of(verdict: &Verdict, raw_request: &RawValue) -> Result<Option<json_patch::Patch>, EvalError> {
+/// The RFC 6902 patch a mutating verdict asks for (taken out of it),
+/// checked against the object; `None` when nothing changes.
+fn patch_of(verdict: &mut Verdict, raw_request: &RawValue) -> Result<Option<json_patch::Patch>, EvalError> {
     if verdict.patch.is_none() && verdict.mutated_object.is_none() {
         return Ok(None);
     }
@@ -302,13 +302,13 @@ fn patch_of(verdict: &Verdict, raw_request: &RawValue) -> Result<Option<json_pat
         .ok()
         .and_then(|o| o.object)
         .ok_or_else(|| EvalError::BadOutput("a patch was returned for a request without an object".into()))?;
-    let patch = match (&verdict.patch, &verdict.mutated_object) {
-        (_, Some(mutated)) => json_patch::diff(&original, mutated),
+    let patch = match (verdict.patch.take(), verdict.mutated_object.take()) {
+        (_, Some(mutated)) => json_patch::diff(&original, &mutated),
         (Some(patch), None) => {
             let mut scratch = original;
-            json_patch::patch(&mut scratch, patch)
+            json_patch::patch(&mut scratch, &patch)
                 .map_err(|e| EvalError::BadOutput(format!("patch does not apply to the object: {e}")))?;
-            patch.clone()
+            patch
         }
         (None, None) => return Ok(None),
     };
@@ -362,17 +362,17 @@ mod tests {
     #[test]
     fn patches_from_mutated_objects_and_from_operations() -> Result<(), Box<dyn std::error::Error>> {
         let raw: Box<RawValue> = RawValue::from_string(r#"{"object":{"metadata":{"name":"a"}}}"#.into())?;
-        let mutated = Verdict::mutate(serde_json::json!({"metadata":{"name":"a","labels":{"x/y":"1"}}}));
-        let patch = patch_of(&mutated, &raw)?.ok_or("no patch")?;
+        let mut mutated = Verdict::mutate(serde_json::json!({"metadata":{"name":"a","labels":{"x/y":"1"}}}));
+        let patch = patch_of(&mut mutated, &raw)?.ok_or("no patch")?;
         assert_eq!(
             serde_json::to_value(&patch)?,
             serde_json::json!([{"op":"add","path":"/metadata/labels","value":{"x/y":"1"}}])
         );
-        let unchanged = Verdict::mutate(serde_json::json!({"metadata":{"name":"a"}}));
-        assert!(patch_of(&unchanged, &raw)?.is_none());
+        let mut unchanged = Verdict::mutate(serde_json::json!({"metadata":{"name":"a"}}));
+        assert!(patch_of(&mut unchanged, &raw)?.is_none());
         let bad: json_patch::Patch = serde_json::from_value(serde_json::json!([{"op":"remove","path":"/spec"}]))?;
         assert!(
-            matches!(patch_of(&Verdict::patch(bad), &raw), Err(EvalError::BadOutput(m)) if m.contains("does not apply"))
+            matches!(patch_of(&mut Verdict::patch(bad), &raw), Err(EvalError::BadOutput(m)) if m.contains("does not apply"))
         );
         Ok(())
     }

@@ -81,7 +81,13 @@ where
     S: Settings,
     O: Into<Outcome>,
 {
-    match serde_json::from_slice::<Input<S>>(input) {
+    // One UTF-8 check of the whole input, then a parser that trusts it:
+    // cheaper than checking every string and every raw object separately.
+    let text = match std::str::from_utf8(input) {
+        Ok(text) => text,
+        Err(e) => return Outcome::Error { error: format!("cannot decode policy input: {e}") },
+    };
+    match serde_json::from_str::<Input<S>>(text) {
         Ok(Input { request, settings }) => policy(&request, &settings.unwrap_or_default()).into(),
         Err(e) => Outcome::Error { error: format!("cannot decode policy input: {e}") },
     }
@@ -103,6 +109,22 @@ pub fn validate_settings<S: Settings>(ptr: i32, len: i32) -> i64 {
 unsafe extern "C" {
     #[link_name = "log"]
     fn host_log(level: i32, ptr: *const u8, len: usize);
+    /// Imported only by modules that call [`crate::lookup`] (the linker
+    /// drops unused imports), so other modules load on any server.
+    #[link_name = "lookup"]
+    fn host_lookup_raw(ptr: *const u8, len: usize) -> i64;
+}
+
+/// Asks the host for the objects a query selects; returns its answer JSON.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn host_lookup(query: &[u8]) -> Vec<u8> {
+    // SAFETY: `query` is valid for reads of `query.len()` bytes for the
+    // duration of the call; the host only reads them.
+    let packed = unsafe { host_lookup_raw(query.as_ptr(), query.len()) };
+    let (ptr, len) = ((packed as u64 >> 32) as i32, (packed as u64 & 0xffff_ffff) as i32);
+    // SAFETY: per ABI.md the host wrote the answer into a buffer it obtained
+    // from `portcullis_alloc(len)`, which it hands over to the guest.
+    unsafe { take_input(ptr, len) }
 }
 
 /// Sends one log line to the host.

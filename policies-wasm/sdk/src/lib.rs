@@ -38,7 +38,9 @@ mod verdict;
 
 pub mod abi;
 pub mod log;
+pub mod lookup;
 pub mod mutation;
+pub mod projection;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
@@ -61,6 +63,9 @@ pub mod names {
     pub const IMPORT_MODULE: &str = "portcullis";
     /// `log(level: i32, ptr: i32, len: i32)`.
     pub const IMPORT_LOG: &str = "log";
+    /// `lookup(ptr: i32, len: i32) -> i64`: answers a context query; returns
+    /// `ptr << 32 | len` of the answer, in a buffer from `portcullis_alloc`.
+    pub const IMPORT_LOOKUP: &str = "lookup";
     /// Exported linear memory.
     pub const MEMORY: &str = "memory";
     /// `() -> i32`: the ABI version.

@@ -5,8 +5,8 @@
 //! helper looks at the object *as already patched*, does nothing when the
 //! object already has what it asks for, and otherwise records the smallest
 //! operation that gets it there: a missing map or array is created with its
-//! first entry (`add /metadata/annotations {"k": "v"}`), an existing array gets
-//! an element appended (`add .../env/-`), never the whole array replaced.
+//! entries (`add /metadata/annotations {"k": "v", ...}`), an existing array
+//! gets elements appended (`add .../env/-`), never the whole array replaced.
 //! Pointers are built with [`jsonptr`](json_patch::jsonptr), so keys holding
 //! `/` or `~` are escaped (`~1`, `~0`). Run on its own output, a policy built
 //! on these helpers therefore produces no patch, which is what the API
@@ -22,11 +22,12 @@
 //! m.add_env(&Mutation::container("containers", 0), "AZURE_CLIENT_ID", "5f0e3b8a-1c2d-4e5f-8a9b-0c1d2e3f4a5b")?;
 //! let patch = serde_json::to_value(m.into_patch())?;
 //! assert_eq!(patch[0]["path"], "/metadata/labels");
+//! assert_eq!(patch[1]["value"][0]["name"], "AZURE_CLIENT_ID");
 //! assert_eq!(patch[1]["path"], "/spec/containers/0/env");
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use json_patch::jsonptr::{Pointer, PointerBuf, Token};
+use json_patch::jsonptr::{Pointer, PointerBuf};
 use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
 use serde_json::{Map, Value};
 
@@ -55,10 +56,54 @@ impl std::error::Error for MutationError {}
 pub type Result<T, E = MutationError> = std::result::Result<T, E>;
 
 /// An object and the patch operations decided on it so far.
+///
+/// The operations are applied to the object as they are decided, and only
+/// their kind and location are recorded; [`Mutation::into_patch`] takes each
+/// value from the final object. So an operation inside the value of another
+/// (the second variable of an `env` array this mutation created) is merged
+/// into it rather than sent on its own, and no value is copied.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Mutation {
     object: Value,
-    ops: Vec<PatchOperation>,
+    ops: Vec<Recorded>,
+}
+
+/// One decided operation: `add` (or `replace`) of whatever the final object
+/// holds at `tokens`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Recorded {
+    replace: bool,
+    /// Unescaped location; for an append, the index the element got.
+    tokens: Vec<String>,
+    /// An append to an array: sent as `.../-`.
+    append: bool,
+    /// `prefixes[k]`: hash of `tokens[..k]`, to find operations inside
+    /// others without comparing strings.
+    prefixes: Vec<u64>,
+}
+
+impl Recorded {
+    fn new(replace: bool, tokens: Vec<String>, append: bool) -> Self {
+        // FNV-1a over the tokens, each followed by a separator byte.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut prefixes = Vec::with_capacity(tokens.len() + 1);
+        prefixes.push(hash);
+        for token in &tokens {
+            for byte in token.bytes().chain(std::iter::once(0xff)) {
+                hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+            }
+            prefixes.push(hash);
+        }
+        Self { replace, tokens, append, prefixes }
+    }
+
+    /// Whether `self`'s location is `other`'s or inside it.
+    fn within(&self, other: &Recorded) -> bool {
+        let depth = other.tokens.len();
+        depth <= self.tokens.len()
+            && self.prefixes[depth] == other.prefixes[depth]
+            && self.tokens[..depth] == other.tokens[..]
+    }
 }
 
 impl Mutation {
@@ -80,7 +125,7 @@ impl Mutation {
 
     /// The value at `pointer` in the patched object; JSON `null` counts as absent.
     pub fn get(&self, pointer: &Pointer) -> Option<&Value> {
-        pointer.resolve(&self.object).ok().filter(|v| !v.is_null())
+        self.at(&tokens(pointer))
     }
 
     /// True when no operation has been recorded.
@@ -88,9 +133,40 @@ impl Mutation {
         self.ops.is_empty()
     }
 
-    /// The operations, in order.
+    /// The operations, in order, each with the value the final object holds
+    /// at its location. An operation at or inside another's location is left
+    /// out (the other's final value includes it; of two at the same place the
+    /// first is kept), so the locations are disjoint and each value is moved
+    /// out of the object, not copied.
     pub fn into_patch(self) -> Patch {
-        Patch(self.ops)
+        let Self { mut object, ops } = self;
+        let mut out = Vec::with_capacity(ops.len());
+        for (i, op) in ops.iter().enumerate() {
+            let covered = ops
+                .iter()
+                .enumerate()
+                .any(|(j, other)| j != i && op.within(other) && (other.tokens.len() < op.tokens.len() || j < i));
+            if covered {
+                continue;
+            }
+            let Some(value) = resolve_mut(&mut object, &op.tokens).map(std::mem::take) else { continue };
+            let path = match op.tokens.split_last() {
+                Some((_, parent)) if op.append => {
+                    PointerBuf::from_tokens(parent.iter().map(String::as_str)).with_trailing_token("-")
+                }
+                _ => PointerBuf::from_tokens(op.tokens.iter().map(String::as_str)),
+            };
+            out.push(if op.replace {
+                PatchOperation::Replace(ReplaceOperation { path, value })
+            } else {
+                PatchOperation::Add(AddOperation { path, value })
+            });
+        }
+        // In a module, the instance ends with this request: walking the
+        // object to free it would be wasted work (see `arena`).
+        #[cfg(target_arch = "wasm32")]
+        std::mem::forget(object);
+        Patch(out)
     }
 
     /// Admits the object with the recorded operations (none: admitted unchanged).
@@ -103,14 +179,18 @@ impl Mutation {
     /// something else; otherwise one `add` at the first missing level.
     /// Returns whether the object changed.
     pub fn set(&mut self, pointer: &Pointer, value: Value) -> Result<bool> {
-        match self.get(pointer) {
+        let tokens = tokens(pointer);
+        match self.at(&tokens) {
             Some(current) if *current == value => Ok(false),
             Some(_) => {
-                self.record(PatchOperation::Replace(ReplaceOperation { path: pointer.to_buf(), value }));
+                if let Some(slot) = resolve_mut(&mut self.object, &tokens) {
+                    *slot = value;
+                }
+                self.ops.push(Recorded::new(true, tokens, false));
                 Ok(true)
             }
             None => {
-                self.add_creating_parents(pointer, value)?;
+                self.add_creating_parents(tokens, value)?;
                 Ok(true)
             }
         }
@@ -118,24 +198,18 @@ impl Mutation {
 
     /// Sets the value at `pointer` only when nothing is there. Returns whether it was added.
     pub fn insert(&mut self, pointer: &Pointer, value: Value) -> Result<bool> {
-        if self.get(pointer).is_some() {
+        let tokens = tokens(pointer);
+        if self.at(&tokens).is_some() {
             return Ok(false);
         }
-        self.add_creating_parents(pointer, value)?;
+        self.add_creating_parents(tokens, value)?;
         Ok(true)
     }
 
     /// Appends `value` to the array at `pointer`, creating the array (and
     /// missing parent maps) when absent.
     pub fn push(&mut self, pointer: &Pointer, value: Value) -> Result<()> {
-        match self.get(pointer) {
-            Some(Value::Array(_)) => {
-                self.record(PatchOperation::Add(AddOperation { path: pointer.with_trailing_token("-"), value }));
-                Ok(())
-            }
-            Some(other) => Err(MutationError { pointer: pointer.to_string(), found: kind(other) }),
-            None => self.add_creating_parents(pointer, Value::Array(vec![value])),
-        }
+        self.push_at(tokens(pointer), value)
     }
 
     /// Sets annotation `key` in `/metadata/annotations`. Returns whether the object changed.
@@ -152,32 +226,51 @@ impl Mutation {
     /// `container` unless it already has a variable of that name (whatever
     /// its value or source). Returns whether it was added.
     pub fn add_env(&mut self, container: &Pointer, name: &str, value: &str) -> Result<bool> {
-        let env = container.with_trailing_token("env");
-        if self.array_has(&env, |e| e.get("name").and_then(Value::as_str) == Some(name)) {
-            return Ok(false);
+        Ok(self.add_envs(container, &[(name, value)])? == 1)
+    }
+
+    /// [`Mutation::add_env`] for several variables, in order: each is added
+    /// unless the container has a variable of that name. Returns how many
+    /// were added.
+    pub fn add_envs(&mut self, container: &Pointer, vars: &[(&str, &str)]) -> Result<usize> {
+        let mut env = tokens(container);
+        env.push("env".into());
+        let existing = self.at(&env).and_then(Value::as_array);
+        let has = |items: Option<&Vec<Value>>, name: &str| {
+            items.is_some_and(|items| items.iter().any(|e| e.get("name").and_then(Value::as_str) == Some(name)))
+        };
+        let mut added: Vec<Value> = Vec::new();
+        for (i, (name, value)) in vars.iter().enumerate() {
+            let repeated = vars[..i].iter().any(|(earlier, _)| earlier == name);
+            if repeated || has(existing, name) {
+                continue;
+            }
+            let mut var = Map::new();
+            var.insert("name".into(), Value::String((*name).into()));
+            var.insert("value".into(), Value::String((*value).into()));
+            added.push(Value::Object(var));
         }
-        let mut var = Map::new();
-        var.insert("name".into(), Value::String(name.into()));
-        var.insert("value".into(), Value::String(value.into()));
-        self.push(&env, Value::Object(var))?;
-        Ok(true)
+        let count = added.len();
+        if count > 0 {
+            self.push_all(env, added)?;
+        }
+        Ok(count)
     }
 
     /// Adds a volume mount (a `VolumeMount` object) to the container at
     /// `container` unless it already mounts a volume of the same `name`, or
     /// something at the same `mountPath`. Returns whether it was added.
     pub fn add_volume_mount(&mut self, container: &Pointer, mount: Value) -> Result<bool> {
-        let mounts = container.with_trailing_token("volumeMounts");
-        let name = mount.get("name").cloned();
-        let path = mount.get("mountPath").cloned();
-        let taken = |m: &Value| {
-            (name.is_some() && m.get("name") == name.as_ref())
-                || (path.is_some() && m.get("mountPath") == path.as_ref())
-        };
-        if self.array_has(&mounts, taken) {
+        let mut mounts = tokens(container);
+        mounts.push("volumeMounts".into());
+        let name = mount.get("name");
+        let path = mount.get("mountPath");
+        let taken =
+            |m: &Value| (name.is_some() && m.get("name") == name) || (path.is_some() && m.get("mountPath") == path);
+        if self.at(&mounts).and_then(Value::as_array).is_some_and(|items| items.iter().any(taken)) {
             return Ok(false);
         }
-        self.push(&mounts, mount)?;
+        self.push_at(mounts, mount)?;
         Ok(true)
     }
 
@@ -185,66 +278,107 @@ impl Mutation {
     /// for a Pod, `/spec/template/spec` for a workload) unless a volume of
     /// the same name exists. Returns whether it was added.
     pub fn add_volume(&mut self, spec: &Pointer, volume: Value) -> Result<bool> {
-        let volumes = spec.with_trailing_token("volumes");
-        let name = volume.get("name").cloned();
-        if self.array_has(&volumes, |v| name.is_some() && v.get("name") == name.as_ref()) {
+        let mut volumes = tokens(spec);
+        volumes.push("volumes".into());
+        let name = volume.get("name");
+        let taken = |v: &Value| name.is_some() && v.get("name") == name;
+        if self.at(&volumes).and_then(Value::as_array).is_some_and(|items| items.iter().any(taken)) {
             return Ok(false);
         }
-        self.push(&volumes, volume)?;
+        self.push_at(volumes, volume)?;
         Ok(true)
     }
 
-    fn array_has(&self, pointer: &Pointer, pred: impl Fn(&Value) -> bool) -> bool {
-        self.get(pointer).and_then(Value::as_array).is_some_and(|items| items.iter().any(pred))
+    /// The value at `tokens`; `null` counts as absent.
+    fn at(&self, tokens: &[String]) -> Option<&Value> {
+        tokens.iter().try_fold(&self.object, |v, t| child(v, t)).filter(|v| !v.is_null())
     }
 
-    /// Records one `add` at the highest missing level of `pointer`, wrapping
-    /// `value` in maps for the levels below it.
-    fn add_creating_parents(&mut self, pointer: &Pointer, value: Value) -> Result<()> {
-        let tokens: Vec<Token<'_>> = pointer.tokens().collect();
-        // How many leading tokens lead to existing values, and the deepest one.
-        let mut current = &self.object;
-        let mut depth = 0;
-        for token in &tokens {
-            let next = match current {
-                Value::Object(map) => map.get(token.decoded().as_ref()),
-                Value::Array(items) => {
-                    token.to_index().ok().and_then(|i| i.for_len(items.len()).ok()).map(|i| &items[i])
+    fn push_at(&mut self, tokens: Vec<String>, value: Value) -> Result<()> {
+        self.push_all(tokens, vec![value])
+    }
+
+    /// Appends `values` to the array at `tokens` (one `add .../-` each), or
+    /// creates it holding them (one `add`), walking to it once.
+    fn push_all(&mut self, tokens: Vec<String>, values: Vec<Value>) -> Result<()> {
+        match resolve_mut(&mut self.object, &tokens).filter(|v| !v.is_null()) {
+            Some(Value::Array(items)) => {
+                let first = items.len();
+                let count = values.len();
+                items.extend(values);
+                for index in first..first + count {
+                    let mut at = tokens.clone();
+                    at.push(index.to_string());
+                    self.ops.push(Recorded::new(false, at, true));
                 }
-                _ => None,
-            };
-            match next.filter(|v| !v.is_null()) {
-                Some(next) => {
-                    current = next;
-                    depth += 1;
-                }
-                None => break,
+                Ok(())
             }
+            Some(other) => {
+                let found = kind(other);
+                Err(MutationError { pointer: pointer_of(&tokens), found })
+            }
+            None => self.add_creating_parents(tokens, Value::Array(values)),
         }
-        let parent = PointerBuf::from_tokens(tokens[..depth.min(tokens.len())].iter().cloned());
-        if depth == tokens.len() || !current.is_object() {
+    }
+
+    /// Adds `value` at the highest missing level of `tokens`, wrapped in
+    /// maps for the levels below it, and records that one `add`.
+    fn add_creating_parents(&mut self, mut tokens: Vec<String>, value: Value) -> Result<()> {
+        // How many leading tokens lead to existing values, and the deepest one.
+        let mut current = &mut self.object;
+        let mut depth = 0;
+        while depth < tokens.len() {
+            let exists = child(current, &tokens[depth]).is_some_and(|v| !v.is_null());
+            if !exists {
+                break;
+            }
+            current = child_mut(current, &tokens[depth]).unwrap_or_else(|| unreachable!("checked just above"));
+            depth += 1;
+        }
+        let Some(map) = current.as_object_mut().filter(|_| depth < tokens.len()) else {
             // `set`, `insert` and `push` only get here for a missing value,
             // so its holder is not a map: the object is malformed.
-            return Err(MutationError { pointer: parent.to_string(), found: kind(current) });
-        }
+            return Err(MutationError { pointer: pointer_of(&tokens[..depth]), found: kind(current) });
+        };
         let mut wrapped = value;
         for token in tokens[depth + 1..].iter().rev() {
-            let mut map = Map::new();
-            map.insert(token.decoded().into_owned(), wrapped);
-            wrapped = Value::Object(map);
+            let mut inner = Map::new();
+            inner.insert(token.clone(), wrapped);
+            wrapped = Value::Object(inner);
         }
-        let path = parent.with_trailing_token(tokens[depth].clone());
-        self.record(PatchOperation::Add(AddOperation { path, value: wrapped }));
+        map.insert(tokens[depth].clone(), wrapped);
+        tokens.truncate(depth + 1);
+        self.ops.push(Recorded::new(false, tokens, false));
         Ok(())
     }
+}
 
-    fn record(&mut self, op: PatchOperation) {
-        // The operations are built to apply (their parents were looked up
-        // just before); applying them keeps `object` what the API server
-        // will store, for the next helper to look at.
-        let _ = json_patch::patch_unsafe(&mut self.object, std::slice::from_ref(&op));
-        self.ops.push(op);
+fn tokens(pointer: &Pointer) -> Vec<String> {
+    pointer.tokens().map(|t| t.decoded().into_owned()).collect()
+}
+
+fn pointer_of(tokens: &[String]) -> String {
+    PointerBuf::from_tokens(tokens.iter().map(String::as_str)).to_string()
+}
+
+fn child<'a>(value: &'a Value, token: &str) -> Option<&'a Value> {
+    match value {
+        Value::Object(map) => map.get(token),
+        Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+        _ => None,
     }
+}
+
+fn child_mut<'a>(value: &'a mut Value, token: &str) -> Option<&'a mut Value> {
+    match value {
+        Value::Object(map) => map.get_mut(token),
+        Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get_mut(i)),
+        _ => None,
+    }
+}
+
+fn resolve_mut<'a>(value: &'a mut Value, tokens: &[String]) -> Option<&'a mut Value> {
+    tokens.iter().try_fold(value, |v, t| child_mut(v, t))
 }
 
 fn kind(value: &Value) -> &'static str {
@@ -275,9 +409,17 @@ mod tests {
         assert!(m.set_annotation("eks.amazonaws.com/audience", "sts.amazonaws.com")?);
         assert_eq!(
             ops(m),
+            json!([{"op": "add", "path": "/metadata/annotations",
+                    "value": {"eks.amazonaws.com/role-arn": "arn", "eks.amazonaws.com/audience": "sts.amazonaws.com"}}])
+        );
+        let mut m = Mutation::new(json!({"metadata": {"annotations": {}}}));
+        m.set_annotation("a/b", "1")?;
+        m.set_annotation("c~d", "2")?;
+        assert_eq!(
+            ops(m),
             json!([
-                {"op": "add", "path": "/metadata/annotations", "value": {"eks.amazonaws.com/role-arn": "arn"}},
-                {"op": "add", "path": "/metadata/annotations/eks.amazonaws.com~1audience", "value": "sts.amazonaws.com"},
+                {"op": "add", "path": "/metadata/annotations/a~1b", "value": "1"},
+                {"op": "add", "path": "/metadata/annotations/c~0d", "value": "2"},
             ])
         );
         Ok(())
@@ -312,8 +454,7 @@ mod tests {
             ops(m),
             json!([
                 {"op": "add", "path": "/spec/containers/0/env/-", "value": {"name": "Y", "value": "2"}},
-                {"op": "add", "path": "/spec/containers/1/env", "value": [{"name": "Y", "value": "2"}]},
-                {"op": "add", "path": "/spec/containers/1/env/-", "value": {"name": "Z", "value": "3"}},
+                {"op": "add", "path": "/spec/containers/1/env", "value": [{"name": "Y", "value": "2"}, {"name": "Z", "value": "3"}]},
             ])
         );
         Ok(())
@@ -338,14 +479,24 @@ mod tests {
 
     #[test]
     fn the_recorded_patch_gives_the_tracked_object() -> Result<(), Box<dyn std::error::Error>> {
-        let original = json!({"metadata": {"name": "a"}, "spec": {"containers": [{"name": "a"}]}});
+        let original = json!({"metadata": {"name": "a", "labels": {"x": "0"}},
+                              "spec": {"containers": [{"name": "a", "env": [{"name": "K", "value": "v"}]}, {"name": "b"}]}});
         let mut m = Mutation::new(original.clone());
         m.set_label("a", "1")?;
+        m.set_label("x", "changed")?;
+        m.set_label("x", "changed again")?;
         m.add_env(&Mutation::container("containers", 0), "A", "1")?;
         m.add_env(&Mutation::container("containers", 0), "B", "2")?;
+        m.add_env(&Mutation::container("containers", 1), "A", "1")?;
+        m.add_volume_mount(&Mutation::container("containers", 1), json!({"name": "v", "mountPath": "/v"}))?;
+        m.add_env(&Mutation::container("containers", 1), "B", "2")?;
+        m.set(&PointerBuf::from_tokens(["spec", "serviceAccountName"]), json!("x"))?;
+        m.set(&PointerBuf::from_tokens(["spec", "serviceAccountName"]), json!("y"))?;
         let expected = m.object().clone();
+        let patch = m.into_patch();
+        assert_eq!(patch.len(), 7, "{patch:?}");
         let mut patched = original;
-        json_patch::patch(&mut patched, &m.into_patch())?;
+        json_patch::patch(&mut patched, &patch)?;
         assert_eq!(patched, expected);
         Ok(())
     }

@@ -138,6 +138,19 @@ impl Request {
     pub fn object_value(&self) -> Result<Option<serde_json::Value>, serde_json::Error> {
         decode(self.object.as_deref())
     }
+
+    /// The new object as a JSON value holding only what `keep` names (see
+    /// [`crate::projection`]): cheaper than [`Request::object_value`] for a
+    /// mutator that reads and patches a few fields of a large object.
+    pub fn object_projected(
+        &self,
+        keep: &crate::projection::Keep,
+    ) -> Result<Option<serde_json::Value>, serde_json::Error> {
+        match self.object.as_deref() {
+            Some(raw) if raw.get() != "null" => crate::projection::parse(raw.get(), keep).map(Some),
+            _ => Ok(None),
+        }
+    }
 }
 
 fn decode<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<Option<T>, serde_json::Error> {

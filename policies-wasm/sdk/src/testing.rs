@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use serde_json::Value;
 
+use crate::lookup::{LookupError, Query};
 use crate::settings::{Settings, parse_settings};
 use crate::verdict::Outcome;
 use crate::{Request, Verdict};
@@ -36,6 +37,11 @@ pub struct FixtureCase {
     /// Settings for this case (default: `{}`).
     #[serde(default)]
     pub settings: Option<serde_json::Value>,
+    /// Objects the policy's lookups are answered from (a YAML file relative
+    /// to `test_data/`: documents or a `kind: List`, as `kubectl get -o yaml`
+    /// prints). Absent: lookups find nothing.
+    #[serde(default)]
+    pub context: Option<String>,
     /// The object expected after the policy's patch is applied (a YAML or
     /// JSON file relative to `test_data/`). Absent: the answer must carry
     /// no patch. When present, the patched object is evaluated again and
@@ -90,6 +96,18 @@ impl FixtureCase {
         let path = test_data.join(&self.request);
         let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", self.request))
+    }
+
+    /// The objects of this case's context file (none without one).
+    pub fn context_objects(&self, test_data: &Path) -> Result<Vec<Value>, String> {
+        match &self.context {
+            None => Ok(Vec::new()),
+            Some(file) => {
+                let path = test_data.join(file);
+                let text = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+                crate::lookup::objects_from_yaml(&text).map_err(|e| format!("{file}: {e}"))
+            }
+        }
     }
 
     /// The settings of this case (`{}` when it gives none).
@@ -176,7 +194,9 @@ pub fn run_cases(test_data: &Path, evaluate: fn(&[u8]) -> Outcome) -> Result<usi
     let mut failures = Vec::new();
     for case in &cases {
         let settings = case.settings_json();
-        let result = case.review(test_data).and_then(|review| {
+        let result = case.context_objects(test_data).map(Context::new).and_then(|context| {
+            let _installed = context.install();
+            let review = case.review(test_data)?;
             let first = answer(&review, &settings)?;
             match case.check(test_data, &review, &first)? {
                 Some(rerun) => case.check_rerun(&answer(&rerun, &settings)?),
@@ -196,6 +216,82 @@ pub fn run_cases(test_data: &Path, evaluate: fn(&[u8]) -> Outcome) -> Result<usi
         }
     }
     if failures.is_empty() { Ok(cases.len()) } else { Err(failures.join("\n\n")) }
+}
+
+/// The native test double of the host's context caches: the objects lookups
+/// are answered from while it is installed on the current thread. Filtering
+/// is [`Query::matches`], the code the host uses.
+#[derive(Debug, Clone, Default)]
+pub struct Context {
+    objects: Vec<Value>,
+    granted: Option<Vec<(String, String)>>,
+}
+
+thread_local! {
+    static INSTALLED: std::cell::RefCell<Option<Context>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Uninstalls a [`Context`] when dropped.
+#[derive(Debug)]
+pub struct Installed(());
+
+impl Drop for Installed {
+    fn drop(&mut self) {
+        INSTALLED.with(|c| c.borrow_mut().take());
+    }
+}
+
+impl Context {
+    /// Lookups of any kind are answered from `objects`.
+    pub fn new(objects: Vec<Value>) -> Self {
+        Self { objects, granted: None }
+    }
+
+    /// Only these `(apiVersion, kind)` may be looked up; others are refused
+    /// as the server refuses kinds a policy is not granted.
+    #[must_use]
+    pub fn granting(mut self, kinds: &[(&str, &str)]) -> Self {
+        self.granted = Some(kinds.iter().map(|(a, k)| ((*a).to_owned(), (*k).to_owned())).collect());
+        self
+    }
+
+    /// Answers this thread's lookups until the returned guard is dropped.
+    pub fn install(self) -> Installed {
+        INSTALLED.with(|c| *c.borrow_mut() = Some(self));
+        Installed(())
+    }
+
+    fn answer(&self, query: &Query) -> Result<Vec<u8>, LookupError> {
+        let checked = query.check()?;
+        if let Some(granted) = &self.granted
+            && !granted.iter().any(|(a, k)| *a == query.api_version && *k == query.kind)
+        {
+            return Err(LookupError::new(format!(
+                "{} {} is not granted to this policy",
+                query.api_version, query.kind
+            )));
+        }
+        let items: Vec<&Value> = self
+            .objects
+            .iter()
+            .filter(|o| {
+                o.get("apiVersion").and_then(Value::as_str) == Some(query.api_version.as_str())
+                    && o.get("kind").and_then(Value::as_str) == Some(query.kind.as_str())
+                    && query.matches(&checked, o)
+            })
+            .collect();
+        serde_json::to_vec(&serde_json::json!({ "items": items })).map_err(|e| LookupError::new(e.to_string()))
+    }
+}
+
+/// Answers a lookup natively from the installed [`Context`] (none installed:
+/// an error saying so).
+pub(crate) fn answer_lookup(query: &[u8]) -> Result<Vec<u8>, LookupError> {
+    let query: Query = serde_json::from_slice(query).map_err(|e| LookupError::new(format!("invalid query: {e}")))?;
+    INSTALLED.with(|c| match c.borrow().as_ref() {
+        Some(context) => context.answer(&query),
+        None => Err(LookupError::new("no context is installed (portcullis_sdk::testing::Context::install)")),
+    })
 }
 
 /// Extracts the request from AdmissionReview JSON.

@@ -22,6 +22,7 @@ pub mod service_account;
 pub mod settings;
 
 use portcullis_sdk::json_patch::jsonptr::PointerBuf;
+use portcullis_sdk::projection::Keep;
 use portcullis_sdk::{Operation, Request, Verdict};
 use serde_json::Value;
 
@@ -40,10 +41,10 @@ pub fn validate(req: &Request, settings: &Settings) -> Result<Verdict, String> {
     }
     let write = matches!(req.operation, Operation::Create | Operation::Update);
     if req.kind.is("", "v1", "ServiceAccount") && write {
-        let Some(sa) = Object::of(req, "ServiceAccount")? else { return Ok(Verdict::allow()) };
+        let Some(sa) = Object::of(req, "ServiceAccount", &Keep::All)? else { return Ok(Verdict::allow()) };
         service_account::review(sa, settings)
     } else if req.kind.is("", "v1", "Pod") && req.operation == Operation::Create {
-        let Some(pod) = Object::of(req, "Pod")? else { return Ok(Verdict::allow()) };
+        let Some(pod) = Object::of(req, "Pod", &pod::READ)? else { return Ok(Verdict::allow()) };
         pod::review(pod, settings)
     } else {
         Ok(Verdict::allow())
@@ -67,31 +68,33 @@ pub struct Object {
 }
 
 impl Object {
-    /// The request's object; `None` when it is being deleted (only its
-    /// finalizers change; denying would block the deletion).
-    fn of(req: &Request, kind: &str) -> Result<Option<Self>, String> {
+    /// The request's object, the parts `keep` names; `None` when it is
+    /// being deleted (only its finalizers change; denying would block the
+    /// deletion).
+    fn of(req: &Request, kind: &str, keep: &Keep) -> Result<Option<Self>, String> {
         let value = req
-            .object_value()
+            .object_projected(keep)
             .map_err(|e| format!("cannot decode the object as a v1 {kind}: {e}"))?
             .ok_or_else(|| "the request has no object to check".to_string())?;
         if !value.is_object() {
             return Err(format!("the object is not a v1 {kind}: it is not a JSON object"));
         }
-        for (field, expected) in [("/apiVersion", "v1"), ("/kind", kind)] {
-            if let Some(found) = string_at(&value, field)?.filter(|f| *f != expected) {
-                return Err(format!("the object is not a v1 {kind}: {} is {found:?}", &field[1..]));
+        for (field, expected) in [("apiVersion", "v1"), ("kind", kind)] {
+            if let Some(found) = string_at(&value, &[field])?.filter(|f| *f != expected) {
+                return Err(format!("the object is not a v1 {kind}: {field} is {found:?}"));
             }
         }
-        if value.pointer("/metadata/deletionTimestamp").is_some_and(|t| !t.is_null()) {
+        if at(&value, &["metadata", "deletionTimestamp"]).is_some_and(|t| !t.is_null()) {
             return Ok(None);
         }
-        let from = |pointer, fallback: Option<&str>| -> Result<String, String> {
-            Ok(string_at(&value, pointer)?.filter(|s| !s.is_empty()).or(fallback).unwrap_or_default().to_owned())
+        let from = |field, fallback: Option<&str>| -> Result<String, String> {
+            let found = string_at(&value, &["metadata", field])?;
+            Ok(found.filter(|s| !s.is_empty()).or(fallback).unwrap_or_default().to_owned())
         };
-        let namespace = from("/metadata/namespace", req.namespace.as_deref())?;
-        let name = from("/metadata/name", req.name.as_deref())?;
+        let namespace = from("namespace", req.namespace.as_deref())?;
+        let name = from("name", req.name.as_deref())?;
         let shown_name = if name.is_empty() {
-            format!("{}*", string_at(&value, "/metadata/generateName")?.unwrap_or_default())
+            format!("{}*", string_at(&value, &["metadata", "generateName"])?.unwrap_or_default())
         } else {
             name.clone()
         };
@@ -100,19 +103,25 @@ impl Object {
     }
 }
 
-/// The string at `pointer`; `None` when absent or null, an error when it is
+/// The value at `path` (unescaped keys; `serde_json`'s `pointer` would
+/// unescape, and allocate, on every call).
+pub(crate) fn at<'a>(object: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(object, |v, key| v.get(key))
+}
+
+/// The string at `path`; `None` when absent or null, an error when it is
 /// another type (the object is malformed).
-pub(crate) fn string_at<'a>(object: &'a Value, pointer: &str) -> Result<Option<&'a str>, String> {
-    match object.pointer(pointer) {
+pub(crate) fn string_at<'a>(object: &'a Value, path: &[&str]) -> Result<Option<&'a str>, String> {
+    match at(object, path) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
-        Some(_) => Err(format!("the object is malformed: {} is not a string", dotted(pointer))),
+        Some(_) => Err(format!("the object is malformed: {} is not a string", path.join("."))),
     }
 }
 
 /// The value of annotation `key`, checking that annotations are a map of strings.
 pub(crate) fn annotation<'a>(object: &'a Value, key: &str) -> Result<Option<&'a str>, String> {
-    match object.pointer("/metadata/annotations") {
+    match at(object, &["metadata", "annotations"]) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(map)) => match map.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -126,11 +135,6 @@ pub(crate) fn annotation<'a>(object: &'a Value, key: &str) -> Result<Option<&'a 
 /// A JSON Pointer from unescaped tokens.
 pub(crate) fn pointer(tokens: &[&str]) -> PointerBuf {
     PointerBuf::from_tokens(tokens.iter().copied())
-}
-
-/// `/metadata/name` as `metadata.name`.
-fn dotted(pointer: &str) -> String {
-    pointer.trim_start_matches('/').replace('/', ".").replace("~1", "/").replace("~0", "~")
 }
 
 #[cfg(test)]

@@ -9,13 +9,45 @@
 
 use portcullis_sdk::Verdict;
 use portcullis_sdk::mutation::{Mutation, MutationError};
+use portcullis_sdk::projection::Keep;
 use serde_json::{Value, json};
 
 use crate::identity::{self, Cloud};
 use crate::settings::{
     AwsIdentity, AzureIdentity, Binding, MAX_TOKEN_EXPIRATION, MIN_TOKEN_EXPIRATION, PodAction, Settings,
 };
-use crate::{Object, annotation, pointer, string_at};
+use crate::{Object, annotation, at, pointer, string_at};
+
+/// The parts of a Pod this policy reads or patches (see
+/// `portcullis_sdk::projection`): the rest of a pod is never decoded.
+pub const READ: Keep = Keep::Fields(&[
+    ("apiVersion", Keep::All),
+    ("kind", Keep::All),
+    (
+        "metadata",
+        Keep::Fields(&[
+            ("name", Keep::All),
+            ("generateName", Keep::All),
+            ("namespace", Keep::All),
+            ("deletionTimestamp", Keep::All),
+            ("labels", Keep::All),
+            ("annotations", Keep::All),
+        ]),
+    ),
+    (
+        "spec",
+        Keep::Fields(&[
+            ("serviceAccountName", Keep::All),
+            ("serviceAccount", Keep::All),
+            ("nodeSelector", Keep::All),
+            ("volumes", Keep::All),
+            ("containers", Keep::Items(&CONTAINER)),
+            ("initContainers", Keep::Items(&CONTAINER)),
+        ]),
+    ),
+]);
+
+const CONTAINER: Keep = Keep::Fields(&[("name", Keep::All), ("env", Keep::All), ("volumeMounts", Keep::All)]);
 
 /// Name of the AWS token volume and of its mounts.
 pub const AWS_VOLUME: &str = "aws-iam-token";
@@ -71,7 +103,7 @@ fn service_account(
 ) -> Result<Option<String>, String> {
     let object = m.object();
     // The deprecated `serviceAccount` counts when `serviceAccountName` is empty, as in the API server.
-    let named = [string_at(object, "/spec/serviceAccountName")?, string_at(object, "/spec/serviceAccount")?]
+    let named = [string_at(object, &["spec", "serviceAccountName"])?, string_at(object, &["spec", "serviceAccount"])?]
         .into_iter()
         .flatten()
         .find(|n| !n.is_empty())
@@ -176,9 +208,9 @@ fn aws_projection(
             )),
         }
     }
-    let windows = ["/spec/nodeSelector/kubernetes.io~1os", "/spec/nodeSelector/beta.kubernetes.io~1os"]
+    let windows = ["kubernetes.io/os", "beta.kubernetes.io/os"]
         .iter()
-        .any(|p| pod.pointer(p).and_then(Value::as_str) == Some("windows"));
+        .any(|key| at(pod, &["spec", "nodeSelector", key]).and_then(Value::as_str) == Some("windows"));
     let mut env = Vec::new();
     if aws.sts_regional_endpoints == Some(true) {
         env.push(("AWS_STS_REGIONAL_ENDPOINTS", "regional".to_string()));
@@ -272,9 +304,8 @@ impl Projection {
                 if self.skip.iter().any(|s| s == name) {
                     continue;
                 }
-                for (var, value) in &self.env {
-                    m.add_env(&container, var, value)?;
-                }
+                let vars: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                m.add_envs(&container, &vars)?;
                 m.add_volume_mount(
                     &container,
                     json!({"name": self.volume, "mountPath": self.mount_path, "readOnly": true}),
@@ -297,7 +328,7 @@ impl Projection {
     /// API server may have defaulted `defaultMode`; the lifetime may differ).
     fn is_token_volume(&self, volume: &Value) -> bool {
         let Some(map) = volume.as_object() else { return false };
-        let sources = volume.pointer("/projected/sources").and_then(Value::as_array);
+        let sources = at(volume, &["projected", "sources"]).and_then(Value::as_array);
         let token = match sources.map(Vec::as_slice) {
             Some([only]) => only.get("serviceAccountToken"),
             _ => None,
