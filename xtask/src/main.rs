@@ -122,7 +122,10 @@ fn run(root: &Path, addr: &str, config: Option<PathBuf>) -> anyhow::Result<()> {
     println!("{}", curl("policies-wasm/ingress-tls/test_data/no-tls.json", "/validate/ingress-tls"));
     println!(
         "{}",
-        curl("policies-wasm/service-account-identity/test_data/pod-default-sa.json", "/mutate/service-account-identity")
+        curl(
+            "policies-wasm/service-account-identity/test_data/pod-default-sa.json",
+            "/mutate/service-account-identity"
+        )
     );
     println!();
     println!("(other samples: policies-wasm/*/test_data/*.json; metrics: https://localhost:{port}/metrics)");
