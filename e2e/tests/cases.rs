@@ -57,6 +57,11 @@ cases! {
     identity_bound_service_account => "identity-bound-service-account",
     identity_claim_other_teams_role => "identity-claim-other-teams-role",
     identity_bound_pod_on_default => "identity-bound-pod-on-default",
+    hpa_then_deployment_lacking_requests => "hpa-then-deployment-lacking-requests",
+    hpa_then_deployment_with_requests => "hpa-then-deployment-with-requests",
+    deployment_then_hpa_lacking_requests => "deployment-then-hpa-lacking-requests",
+    deployment_then_hpa_with_requests => "deployment-then-hpa-with-requests",
+    hpa_replicaset_pod_sidecar_lacks_request => "hpa-replicaset-pod-sidecar-lacks-request",
 }
 
 #[test]

@@ -18,7 +18,8 @@ pub enum AbiError {
     /// The module imports something the host does not provide.
     #[error(
         "imports `{module}::{name}`, which is not part of the Portcullis ABI v{ABI_VERSION} \
-         (policies get no WASI and no ambient authority; the only import allowed is `portcullis::log`)"
+         (policies get no WASI and no ambient authority; the only imports allowed are `portcullis::log` and \
+         `portcullis::lookup`)"
     )]
     ForbiddenImport {
         /// Import module.
@@ -57,6 +58,7 @@ pub enum AbiError {
 }
 
 const LOG_TYPE: &str = "(i32, i32, i32) -> ()";
+const LOOKUP_TYPE: &str = "(i32, i32) -> i64";
 const EXPORTS: [(&str, &str); 4] = [
     (names::ABI_VERSION, "() -> i32"),
     (names::ALLOC, "(i32) -> i32"),
@@ -68,12 +70,14 @@ const EXPORTS: [(&str, &str); 4] = [
 pub fn check_module(module: &Module) -> Result<(), AbiError> {
     for import in module.imports() {
         let (m, n) = (import.module(), import.name());
-        if m != names::IMPORT_MODULE || n != names::IMPORT_LOG {
-            return Err(AbiError::ForbiddenImport { module: m.into(), name: n.into() });
-        }
+        let expected = match (m, n) {
+            (names::IMPORT_MODULE, names::IMPORT_LOG) => LOG_TYPE,
+            (names::IMPORT_MODULE, names::IMPORT_LOOKUP) => LOOKUP_TYPE,
+            _ => return Err(AbiError::ForbiddenImport { module: m.into(), name: n.into() }),
+        };
         let found = describe(&import.ty());
-        if found != LOG_TYPE {
-            return Err(AbiError::ImportType { module: m.into(), name: n.into(), found, expected: LOG_TYPE });
+        if found != expected {
+            return Err(AbiError::ImportType { module: m.into(), name: n.into(), found, expected });
         }
     }
     match module.get_export(names::MEMORY) {
@@ -135,8 +139,21 @@ pub const MAX_LOG_LINES: u32 = 32;
 /// Longest log line kept, in bytes; longer ones are cut.
 pub const MAX_LOG_LINE: usize = 2048;
 
+/// Longest lookup query read from a guest.
+pub const MAX_LOOKUP_QUERY: usize = 64 << 10;
+
 /// Defines the host functions of ABI v1.
 pub fn define_imports(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        names::IMPORT_MODULE,
+        names::IMPORT_LOOKUP,
+        |mut caller: Caller<'_, GuestState>, (ptr, len): (i32, i32)| {
+            Box::new(async move {
+                let answer = lookup_answer(&mut caller, ptr, len);
+                give_to_guest(&mut caller, &answer).await
+            })
+        },
+    )?;
     linker.func_wrap(
         names::IMPORT_MODULE,
         names::IMPORT_LOG,
@@ -166,6 +183,55 @@ pub fn define_imports(linker: &mut Linker<GuestState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// The answer to the lookup query at `ptr`/`len` in the guest's memory.
+fn lookup_answer(caller: &mut Caller<'_, GuestState>, ptr: i32, len: i32) -> Vec<u8> {
+    let error = |message: &str| serde_json::to_vec(&serde_json::json!({ "error": message })).unwrap_or_default();
+    caller.data_mut().lookups += 1;
+    if caller.data().lookups > crate::context::MAX_LOOKUPS_PER_EVALUATION {
+        return error(&format!("more than {} lookups in one evaluation", crate::context::MAX_LOOKUPS_PER_EVALUATION));
+    }
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    if len > MAX_LOOKUP_QUERY {
+        return error(&format!("the query is {len} bytes, over {MAX_LOOKUP_QUERY}"));
+    }
+    let Some(memory) = caller.get_export(names::MEMORY).and_then(|e| e.into_memory()) else {
+        return error("the module exports no memory");
+    };
+    let mut query = vec![0; len];
+    if memory.read(&*caller, ptr, &mut query).is_err() {
+        return error("the query lies outside memory");
+    }
+    match caller.data().lookup.clone() {
+        Some(handler) => handler.lookup(&query),
+        None => error("lookups are answered only while evaluating a request"),
+    }
+}
+
+/// Hands `bytes` to the guest in a buffer from its `portcullis_alloc`, as
+/// the packed `ptr << 32 | len` that the import returns.
+async fn give_to_guest(caller: &mut Caller<'_, GuestState>, bytes: &[u8]) -> wasmtime::Result<i64> {
+    let len = i32::try_from(bytes.len()).map_err(|_| EvalError::BadOutput("lookup answer over 2 GiB".into()))?;
+    let alloc = caller
+        .get_export(names::ALLOC)
+        .and_then(|e| e.into_func())
+        .ok_or(EvalError::Abi(AbiError::MissingExport(names::ALLOC)))?
+        .typed::<i32, i32>(&*caller)?;
+    let ptr = alloc.call_async(&mut *caller, len.max(1)).await?;
+    if ptr == 0 {
+        return Err(
+            EvalError::Trap(format!("`{}` could not allocate {len} bytes for a lookup answer", names::ALLOC)).into()
+        );
+    }
+    let memory = caller
+        .get_export(names::MEMORY)
+        .and_then(|e| e.into_memory())
+        .ok_or(EvalError::Abi(AbiError::MissingExport(names::MEMORY)))?;
+    memory
+        .write(&mut *caller, ptr as u32 as usize, bytes)
+        .map_err(|_| EvalError::BadOutput(format!("`{}` returned an out-of-bounds buffer", names::ALLOC)))?;
+    Ok(((u64::from(ptr as u32) << 32) | u64::from(len as u32)) as i64)
 }
 
 /// Splits the `ptr << 32 | len` an export returns.

@@ -11,6 +11,8 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
+use crate::context::ContextStore;
+use crate::context::watch::ClusterWatches;
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 use crate::reload::ConfigWatcher;
@@ -90,6 +92,11 @@ pub struct ServeArgs {
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Kubeconfig for the context caches of context-aware policies (default:
+    /// `KUBECONFIG`, `~/.kube/config`, or the in-cluster service account).
+    /// A config that grants no policy any `context:` never contacts a cluster.
+    #[arg(long, env = "PORTCULLIS_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// `run` options.
@@ -104,6 +111,10 @@ pub struct RunArgs {
     /// AdmissionReview JSON file.
     #[arg(long)]
     pub request: PathBuf,
+    /// Objects that the policy's lookups are answered from: YAML documents
+    /// or a `kind: List` (what `kubectl get hpa,deploy -o yaml` prints).
+    #[arg(long)]
+    pub context: Option<PathBuf>,
 }
 
 /// Sets up logging on stderr; `RUST_LOG` filters (default `info`).
@@ -124,11 +135,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         max_instances: args.max_instances,
         cache_dir: args.module_cache.clone(),
     })?);
+    let metrics = Arc::new(Metrics::new());
+    let context = Arc::new(ContextStore::new(Some(metrics.clone())));
+    let watches = Arc::new(ClusterWatches::new(args.kubeconfig.clone(), context.clone()));
+    // Watches start now; `/readyz` answers 503, naming the kinds, until each has listed once.
+    watches.watch(&config.granted_kinds()).await?;
     let started = std::time::Instant::now();
-    let policies = PolicySet::load(&runtime, &config).await?;
+    let policies = PolicySet::load_with_context(&runtime, &config, &context).await?;
     tracing::info!(policies = %policies.names().join(", "), elapsed_ms = started.elapsed().as_millis() as u64, "policies loaded");
     let interval = Duration::from_secs_f64(args.reload_interval.max(0.05));
-    let metrics = Arc::new(Metrics::new());
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let store = Arc::new(CertificateStore::load(cert, key).with_context(|| "loading the serving certificate")?);
@@ -146,8 +161,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let mut state = AppState::new(policies, metrics);
     state.max_body_bytes = args.max_body_bytes;
+    state.context = context;
     let state = Arc::new(state);
-    tokio::spawn(ConfigWatcher::new(&args.config, runtime.clone(), state.clone()).watch(interval));
+    tokio::spawn(ConfigWatcher::new(&args.config, runtime.clone(), state.clone(), watches).watch(interval));
 
     let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
     let scheme = if tls.is_some() { "https" } else { "http" };

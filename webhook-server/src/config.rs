@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::context::Kind;
+
 /// Longest deadline a policy may ask for: the API server's own maximum webhook timeout.
 pub const MAX_TIMEOUT_MS: u64 = 30_000;
 /// Largest memory cap a policy may ask for; also the size of each pooled memory slot.
@@ -104,6 +106,10 @@ pub struct PolicyConfig {
     /// Policy settings, handed to the module and validated by it at load.
     #[serde(default = "empty_settings")]
     pub settings: serde_json::Value,
+    /// Kinds the policy may look up (context-aware policies): watched by
+    /// `serve`, read from `--context` offline.
+    #[serde(default)]
+    pub context: Vec<Kind>,
 }
 
 fn default_timeout_ms() -> u64 {
@@ -216,6 +222,14 @@ impl Config {
             if p.module.is_relative() {
                 p.module = base.join(&p.module);
             }
+            for (k, kind) in p.context.iter().enumerate() {
+                if let Err(reason) = check_kind(kind) {
+                    return Err(invalid(&p.name, "context", format!("context[{k}] ({kind}): {reason}")));
+                }
+                if p.context[..k].contains(kind) {
+                    return Err(invalid(&p.name, "context", format!("context[{k}] ({kind}) is listed twice")));
+                }
+            }
         }
         for (i, p) in policies.iter().enumerate() {
             if policies[..i].iter().any(|q| q.name == p.name) {
@@ -224,6 +238,38 @@ impl Config {
         }
         Ok(Self { path: path.to_owned(), policies })
     }
+
+    /// Every kind some policy is granted, sorted, once each: what `serve` watches.
+    pub fn granted_kinds(&self) -> Vec<Kind> {
+        let mut kinds: Vec<Kind> = self.policies.iter().flat_map(|p| p.context.iter().cloned()).collect();
+        kinds.sort();
+        kinds.dedup();
+        kinds
+    }
+}
+
+/// Checks the form of a granted kind: `apiVersion` is `v1`-like or
+/// `group/version`, `kind` is a CamelCase name.
+fn check_kind(kind: &Kind) -> Result<(), String> {
+    let version_ok =
+        |v: &str| v.starts_with('v') && v.len() > 1 && v.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let group_ok = |g: &str| {
+        !g.is_empty()
+            && g.split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+    };
+    let api_ok = match kind.api_version.split_once('/') {
+        Some((group, version)) => group_ok(group) && version_ok(version),
+        None => version_ok(&kind.api_version),
+    };
+    if !api_ok {
+        return Err(format!("apiVersion {:?} is not `v1` or `group/version`", kind.api_version));
+    }
+    if !kind.kind.starts_with(|c: char| c.is_ascii_uppercase()) || !kind.kind.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
+        return Err(format!("kind {:?} is not a kind such as Deployment", kind.kind));
+    }
+    Ok(())
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -289,6 +335,29 @@ mod tests {
         assert!(e.contains("sha256"), "{e}");
         let e = error_of("policies:\n- name: s\n  module: a.wasm\n  settings: [1]\n");
         assert!(e.contains("settings"), "{e}");
+    }
+
+    #[test]
+    fn context_grants_are_checked_and_gathered() -> Result<()> {
+        let c = parse(
+            "policies:\n- name: a\n  module: a.wasm\n  context:\n  - {apiVersion: autoscaling/v2, kind: HorizontalPodAutoscaler}\n  \
+             - {apiVersion: apps/v1, kind: Deployment}\n- name: b\n  module: b.wasm\n  context: [{apiVersion: apps/v1, kind: Deployment}, \
+             {apiVersion: v1, kind: ReplicationController}]\n",
+        )?;
+        let kinds: Vec<String> = c.granted_kinds().iter().map(ToString::to_string).collect();
+        assert_eq!(kinds, ["apps/v1 Deployment", "autoscaling/v2 HorizontalPodAutoscaler", "v1 ReplicationController"]);
+        for (entry, fragment) in [
+            ("{apiVersion: apps, kind: Deployment}", "context[0] (apps Deployment): apiVersion \"apps\""),
+            ("{apiVersion: apps/v1, kind: deployment}", "kind \"deployment\""),
+            ("{apiVersion: Apps/v1, kind: Deployment}", "apiVersion"),
+            ("{apiVersion: apps/v1, kind: Deployment}, {apiVersion: apps/v1, kind: Deployment}", "listed twice"),
+            ("{apiVersion: apps/v1}", "missing field `kind`"),
+            ("{apiVersion: apps/v1, kind: Deployment, verbs: [list]}", "unknown field `verbs`"),
+        ] {
+            let e = error_of(&format!("policies:\n- name: p\n  module: a.wasm\n  context: [{entry}]\n"));
+            assert!(e.contains(fragment), "{entry}: {e}");
+        }
+        Ok(())
     }
 
     #[test]

@@ -4,8 +4,9 @@
 //! The pieces, from the outside in: [`server`] (the axum router and the
 //! TLS listener), [`admission`] (AdmissionReview in, AdmissionReview out),
 //! [`policy`] (the loaded [`policy::PolicySet`]), [`runtime`] (the wasmtime
-//! sandbox) and [`abi`] (the host side of the guest contract). [`config`]
-//! reads the policy config, [`reload`] swaps it at run time, [`tls`] holds
+//! sandbox) and [`abi`] (the host side of the guest contract). [`context`]
+//! answers context-aware policies' lookups from watch-backed caches.
+//! [`config`] reads the policy config, [`reload`] swaps it at run time, [`tls`] holds
 //! the certificate, [`metrics`] the Prometheus series, [`offline`] the `run`
 //! subcommand, and [`cli`] the command line.
 
@@ -13,6 +14,7 @@ pub mod abi;
 pub mod admission;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod metrics;
 pub mod offline;
 pub mod policy;

@@ -34,19 +34,23 @@ fn main() -> ExitCode {
                 }
                 Err(e) => report(Err(e)),
             },
-            Command::Run(args) => match webhook_server::offline::run(&args.config, &args.policy, &args.request).await {
-                Ok(result) => {
-                    println!("{}", serde_json::to_string_pretty(&result.review).unwrap_or_default());
-                    match result.failure {
-                        None => ExitCode::SUCCESS,
-                        Some(failure) => {
-                            eprintln!("error: {failure}");
-                            ExitCode::from(3)
+            Command::Run(args) => {
+                match webhook_server::offline::run(&args.config, &args.policy, &args.request, args.context.as_deref())
+                    .await
+                {
+                    Ok(result) => {
+                        println!("{}", serde_json::to_string_pretty(&result.review).unwrap_or_default());
+                        match result.failure {
+                            None => ExitCode::SUCCESS,
+                            Some(failure) => {
+                                eprintln!("error: {failure}");
+                                ExitCode::from(3)
+                            }
                         }
                     }
+                    Err(e) => report(Err(e)),
                 }
-                Err(e) => report(Err(e)),
-            },
+            }
         }
     })
 }

@@ -56,6 +56,22 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
+/// Labels of per-kind context series.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    /// `apiVersion kind`, e.g. `apps/v1 Deployment`.
+    pub kind: String,
+}
+
+/// Labels of the lookup counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    /// Policy name.
+    pub policy: String,
+    /// `ok`, `refused` (kind not granted), `invalid` (bad query) or `unsynced`.
+    pub result: String,
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -72,6 +88,14 @@ pub struct Metrics {
     pub reloads: Family<ReloadLabels, Counter>,
     /// Policies currently served.
     pub policies: Gauge,
+    /// Objects in each context cache.
+    pub context_objects: Family<KindLabels, Gauge>,
+    /// 1 once a context cache has listed its kind, else 0.
+    pub context_synced: Family<KindLabels, Gauge>,
+    /// Failed watches and discoveries of each context kind (each retried with backoff).
+    pub watch_restarts: Family<KindLabels, Counter>,
+    /// Context lookups by policy and result.
+    pub lookups: Family<LookupLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -91,6 +115,10 @@ impl Metrics {
         let rejections = Family::<RejectionLabels, Counter>::default();
         let reloads = Family::<ReloadLabels, Counter>::default();
         let policies = Gauge::default();
+        let context_objects = Family::<KindLabels, Gauge>::default();
+        let context_synced = Family::<KindLabels, Gauge>::default();
+        let watch_restarts = Family::<KindLabels, Counter>::default();
+        let lookups = Family::<LookupLabels, Counter>::default();
         registry.register(
             "admission_requests",
             "Admission requests answered, by policy, verdict and outcome",
@@ -109,7 +137,31 @@ impl Metrics {
         registry.register("http_rejections", "Requests refused before evaluation, by reason", rejections.clone());
         registry.register("reloads", "Reloads of the policy config or the serving certificate", reloads.clone());
         registry.register("policies_loaded", "Policies currently served", policies.clone());
-        Self { registry, requests, duration, failures, rejections, reloads, policies }
+        registry.register("context_objects", "Objects in each context cache, by kind", context_objects.clone());
+        registry.register(
+            "context_synced",
+            "1 once the context cache of a kind has listed it, else 0",
+            context_synced.clone(),
+        );
+        registry.register(
+            "context_watch_restarts",
+            "Failed watches (or resource discoveries) of a context kind, each retried with backoff",
+            watch_restarts.clone(),
+        );
+        registry.register("context_lookups", "Context lookups by policy and result", lookups.clone());
+        Self {
+            registry,
+            requests,
+            duration,
+            failures,
+            rejections,
+            reloads,
+            policies,
+            context_objects,
+            context_synced,
+            watch_restarts,
+            lookups,
+        }
     }
 
     /// Counts a rejected request.
@@ -121,6 +173,23 @@ impl Metrics {
     pub fn reload(&self, kind: &str, ok: bool) {
         let result = if ok { "success" } else { "failure" };
         self.reloads.get_or_create(&ReloadLabels { kind: kind.into(), result: result.into() }).inc();
+    }
+
+    /// Publishes a context cache's size and sync state.
+    pub fn context_objects(&self, kind: &str, objects: usize, synced: bool) {
+        let labels = KindLabels { kind: kind.into() };
+        self.context_objects.get_or_create(&labels).set(i64::try_from(objects).unwrap_or(i64::MAX));
+        self.context_synced.get_or_create(&labels).set(i64::from(synced));
+    }
+
+    /// Counts a failed watch of `kind`.
+    pub fn watch_restart(&self, kind: &str) {
+        self.watch_restarts.get_or_create(&KindLabels { kind: kind.into() }).inc();
+    }
+
+    /// Counts a lookup.
+    pub fn lookup(&self, policy: &str, result: &str) {
+        self.lookups.get_or_create(&LookupLabels { policy: policy.into(), result: result.into() }).inc();
     }
 
     /// Prometheus text exposition.

@@ -1,5 +1,7 @@
 //! `webhook-server run`: evaluate one AdmissionReview file against one policy
-//! of a config, without a server, and produce the response the server would send.
+//! of a config, without a server or a cluster, and produce the response the
+//! server would send. A context-aware policy's lookups are answered from a
+//! file of objects (`--context`), through the same store the server uses.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use anyhow::Context as _;
 
 use crate::admission::{self, Endpoint};
 use crate::config::Config;
+use crate::context::ContextStore;
 use crate::policy::PolicySet;
 use crate::runtime::{Runtime, RuntimeOptions};
 
@@ -20,16 +23,27 @@ pub struct OfflineResult {
     pub failure: Option<String>,
 }
 
-/// Evaluates the AdmissionReview in `request` with policy `name` of `config`.
-pub async fn run(config: &Path, name: &str, request: &Path) -> anyhow::Result<OfflineResult> {
+/// Evaluates the AdmissionReview in `request` with policy `name` of
+/// `config`, answering its lookups from the objects of `context` (a YAML
+/// file of documents or a `kind: List`; none: the granted kinds are empty).
+pub async fn run(config: &Path, name: &str, request: &Path, context: Option<&Path>) -> anyhow::Result<OfflineResult> {
     let mut config = Config::load(config)?;
     let available = config.policies.iter().map(|p| p.name.clone()).collect::<Vec<_>>().join(", ");
     config.policies.retain(|p| p.name == name);
     if config.policies.is_empty() {
         anyhow::bail!("config {} has no policy named {name:?} (it has: {available})", config.path.display());
     }
+    let objects = match context {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            portcullis_sdk::lookup::objects_from_yaml(&text)
+                .map_err(|e| anyhow::anyhow!("{} is not a file of objects: {e}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+    let store = Arc::new(ContextStore::offline(objects, &config.granted_kinds()));
     let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?);
-    let set = PolicySet::load(&runtime, &config).await?;
+    let set = PolicySet::load_with_context(&runtime, &config, &store).await?;
     let policy = set.get(name).context("policy vanished after loading")?;
     let body = std::fs::read(request).with_context(|| format!("reading {}", request.display()))?;
     let incoming =

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::abi;
 use crate::config::{Config, PolicyConfig};
+use crate::context::ContextStore;
 use crate::runtime::{EvalError, Limits, LoadError, PolicyModule, Runtime};
 
 /// Why a policy set could not be built. Every variant names the policy.
@@ -115,9 +116,22 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
+    /// Loads every policy of `config` with no context: a lookup finds no
+    /// cache to answer from (offline checks, tests of policies that look
+    /// nothing up).
+    pub async fn load(runtime: &Arc<Runtime>, config: &Config) -> Result<Self> {
+        Self::load_with_context(runtime, config, &Arc::new(ContextStore::default())).await
+    }
+
     /// Loads every policy of `config`: modules are read and compiled in
     /// parallel, checked against the ABI, then each validates its settings.
-    pub async fn load(runtime: &Arc<Runtime>, config: &Config) -> Result<Self> {
+    /// Each policy's lookups are answered from `context`, limited to the
+    /// kinds its config grants.
+    pub async fn load_with_context(
+        runtime: &Arc<Runtime>,
+        config: &Config,
+        context: &Arc<ContextStore>,
+    ) -> Result<Self> {
         let mut tasks = Vec::new();
         for policy in &config.policies {
             let runtime = runtime.clone();
@@ -145,6 +159,7 @@ impl PolicySet {
                 });
             }
             let name = config.name.clone();
+            let module = module.with_lookup(context.for_policy(&name, config.context.clone()));
             policies.insert(name, Arc::new(Policy { config, sha256, module, settings_json }));
         }
         Ok(Self { policies })

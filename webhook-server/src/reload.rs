@@ -12,6 +12,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
+use crate::context::watch::ClusterWatches;
 use crate::policy::PolicySet;
 use crate::runtime::Runtime;
 use crate::server::AppState;
@@ -22,13 +23,18 @@ pub struct ConfigWatcher {
     path: PathBuf,
     runtime: Arc<Runtime>,
     state: Arc<AppState>,
+    watches: Arc<ClusterWatches>,
     seen: [u8; 32],
 }
 
+/// Longest wait for the caches of newly granted kinds before a reload gives up (and retries at the next poll).
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl ConfigWatcher {
-    /// Starts from the config currently served.
-    pub fn new(path: &Path, runtime: Arc<Runtime>, state: Arc<AppState>) -> Self {
-        Self { path: path.to_owned(), runtime, state, seen: fingerprint(path) }
+    /// Starts from the config currently served; `watches` fills `state`'s
+    /// context caches for the kinds the configs grant.
+    pub fn new(path: &Path, runtime: Arc<Runtime>, state: Arc<AppState>, watches: Arc<ClusterWatches>) -> Self {
+        Self { path: path.to_owned(), runtime, state, watches, seen: fingerprint(path) }
     }
 
     /// Reloads if anything changed (or always, when `force`). `Ok(true)` when
@@ -39,12 +45,22 @@ impl ConfigWatcher {
             return Ok(false);
         }
         // Remember this version even if it fails, so one bad edit is reported once.
-        self.seen = now;
+        let previous = std::mem::replace(&mut self.seen, now);
         let config = Config::load(&self.path)?;
-        let set = PolicySet::load(&self.runtime, &config).await?;
+        let kinds = config.granted_kinds();
+        // New kinds are watched (and synced) before the set that looks them up
+        // serves; kinds only the old set needs stay until the swap.
+        self.watches.watch(&kinds).await?;
+        if let Err(unsynced) = self.watches.wait_synced(&kinds, SYNC_TIMEOUT).await {
+            self.seen = previous; // retried at the next poll
+            let kinds: Vec<String> = unsynced.iter().map(ToString::to_string).collect();
+            anyhow::bail!("the context caches of {} did not sync within {SYNC_TIMEOUT:?}", kinds.join(", "));
+        }
+        let set = PolicySet::load_with_context(&self.runtime, &config, &self.state.context).await?;
         self.state.metrics.policies.set(i64::try_from(set.len()).unwrap_or(i64::MAX));
         let names = set.names().join(", ");
         self.state.policies.store(Arc::new(set));
+        self.watches.unwatch_others(&kinds);
         tracing::info!(config = %self.path.display(), policies = %names, "policy config reloaded");
         Ok(true)
     }

@@ -133,6 +133,14 @@ impl Default for RuntimeOptions {
     }
 }
 
+/// Answers a policy's context lookups (the `portcullis::lookup` import):
+/// query JSON in, answer JSON (`{"items": [...]}` or `{"error": "..."}`)
+/// out. Implemented by [`crate::context`]; the sandbox only carries it.
+pub trait LookupHandler: Send + Sync + std::fmt::Debug {
+    /// Answers one query.
+    fn lookup(&self, query: &[u8]) -> Vec<u8>;
+}
+
 /// Per-store data.
 #[derive(Debug)]
 pub struct GuestState {
@@ -140,6 +148,10 @@ pub struct GuestState {
     pub(crate) policy: Arc<str>,
     /// Log lines written so far.
     pub(crate) log_lines: u32,
+    /// Answers lookups (evaluations only; `None` while settings are checked).
+    pub(crate) lookup: Option<Arc<dyn LookupHandler>>,
+    /// Lookups made so far.
+    pub(crate) lookups: u32,
     limiter: MemoryLimiter,
     started: Instant,
     deadline: Instant,
@@ -228,6 +240,7 @@ impl Runtime {
             slots: self.slots.clone(),
             engine: self.engine.clone(),
             ticker,
+            lookup: None,
         })
     }
 
@@ -251,6 +264,7 @@ pub struct PolicyModule {
     slots: Arc<Semaphore>,
     engine: Engine,
     ticker: TickerHandle,
+    lookup: Option<Arc<dyn LookupHandler>>,
 }
 
 impl std::fmt::Debug for PolicyModule {
@@ -263,6 +277,13 @@ impl PolicyModule {
     /// The limits each evaluation runs under.
     pub fn limits(&self) -> Limits {
         self.limits
+    }
+
+    /// Answers this module's lookups with `handler` during evaluations.
+    #[must_use]
+    pub fn with_lookup(mut self, handler: Arc<dyn LookupHandler>) -> Self {
+        self.lookup = Some(handler);
+        self
     }
 
     /// Runs `portcullis_validate` on ABI input JSON; returns the raw answer.
@@ -288,6 +309,8 @@ impl PolicyModule {
             GuestState {
                 policy: self.name.clone(),
                 log_lines: 0,
+                lookup: if check_version { None } else { self.lookup.clone() },
+                lookups: 0,
                 limiter: MemoryLimiter { limit: self.limits.memory_bytes, exceeded: false },
                 started: Instant::now(),
                 deadline: started + self.limits.timeout,

@@ -24,6 +24,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::Instrument;
 
 use crate::admission::{self, Endpoint, RequestError};
+use crate::context::ContextStore;
 use crate::metrics::{FailureLabels, Metrics, PolicyLabels, RequestLabels};
 use crate::policy::PolicySet;
 
@@ -46,6 +47,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Largest accepted body.
     pub max_body_bytes: usize,
+    /// The context caches; `/readyz` waits for them to sync.
+    pub context: Arc<ContextStore>,
 }
 
 impl AppState {
@@ -57,6 +60,7 @@ impl AppState {
             metrics,
             ready: AtomicBool::new(true),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            context: Arc::new(ContextStore::default()),
         }
     }
 }
@@ -222,11 +226,19 @@ async fn answer(
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, format!("ready: {} policies\n", state.policies.load().len())).into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response()
+    if !state.ready.load(Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
     }
+    let unsynced = state.context.unsynced();
+    if !unsynced.is_empty() {
+        let kinds: Vec<String> = unsynced.iter().map(ToString::to_string).collect();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: context caches not synced yet: {}\n", kinds.join(", ")),
+        )
+            .into_response();
+    }
+    (StatusCode::OK, format!("ready: {} policies\n", state.policies.load().len())).into_response()
 }
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {

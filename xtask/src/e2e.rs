@@ -149,9 +149,14 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         };
         serve.arg(mapped);
     }
+    // In the cluster the server watches with its ServiceAccount (the chart's
+    // RBAC); here with the suite's admin kubeconfig.
+    serve.arg(format!("--kubeconfig={}", kubeconfig.display()));
     serve.env("RUST_LOG", "info");
     let mut webhook = Service::start("webhook-server", &serve, &work.join("logs/webhook-server.log"))?;
     wait_for_port(&mut webhook, webhook_port, Duration::from_secs(120))?;
+    // Ready once the context caches of the chart's policies have synced.
+    wait_for_ready(&mut webhook, webhook_port, &certs.ca, Duration::from_secs(60))?;
     run_cmd(
         helm.cmd(&kubeconfig)
             .args(["install", RELEASE])
@@ -169,7 +174,16 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     test.args(["test", "--package", "e2e", "--test", "cases", "--", "--ignored", "--test-threads=1"])
         .args(&options.test_args)
         .env("PORTCULLIS_E2E_KUBECONFIG", &kubeconfig);
-    let outcome = crate::run_tests(&mut test);
+    let mut outcome = crate::run_tests(&mut test);
+    if outcome.is_ok() && options.test_args.is_empty() {
+        // The server's watch-backed context store against this API server.
+        let mut store = cargo();
+        store
+            .args(["test", "--package", "webhook-server", "--test", "it", "--", "--ignored", "context_cluster"])
+            .env("PORTCULLIS_E2E_KUBECONFIG", &kubeconfig)
+            .env("PORTCULLIS_POLICY_DIR", &policies);
+        outcome = crate::run_tests(&mut store);
+    }
     timer.step("cases");
     if let Err(e) = outcome {
         for service in [&mut webhook, &mut apiserver, &mut etcd] {
@@ -480,6 +494,28 @@ fn apiserver_cmd(bin: &Path, work: &Path, pki: &pki::Pki, etcd_port: u16, port: 
         .env_remove("http_proxy")
         .env("NO_PROXY", "127.0.0.1,localhost");
     cmd
+}
+
+/// Waits until the server's `/readyz` answers 200 (policies loaded, context
+/// caches synced).
+fn wait_for_ready(service: &mut Service, port: u16, ca: &Path, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        service.check_running()?;
+        let ready = Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", "--cacert"])
+            .arg(ca)
+            .arg(format!("https://127.0.0.1:{port}/readyz"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("{} was not ready within {timeout:?}; its log:\n{}", service.name(), service.log_tail(40));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A loopback port that was free a moment ago.

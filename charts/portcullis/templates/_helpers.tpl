@@ -182,3 +182,44 @@ caBundle: {{ include "portcullis.givenCABundle" $root }}
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end }}
+
+{{/*
+Read-only RBAC rules for the kinds the enabled policies are granted
+(`policies.<name>.context`): one rule per API group, listing the resources
+(the plural of each kind, or the entry's `resource` where the plural is
+irregular), verbs get/list/watch. Returns JSON: a list of rules, empty when
+no policy looks anything up.
+*/}}
+{{- define "portcullis.lookupRules" -}}
+{{- $byGroup := dict }}
+{{- range $name, $p := (include "portcullis.enabledPolicies" . | fromJson) }}
+{{- range $p.context }}
+{{- $api := required (printf "policies.%s.context: an entry has no apiVersion" $name) .apiVersion }}
+{{- $kind := required (printf "policies.%s.context: an entry has no kind" $name) .kind }}
+{{- $group := "" }}
+{{- if contains "/" $api }}
+{{- $group = index (splitList "/" $api) 0 }}
+{{- end }}
+{{- $resource := .resource | default (include "portcullis.plural" $kind) }}
+{{- $resources := get $byGroup $group | default list }}
+{{- $_ := set $byGroup $group (append $resources $resource | uniq | sortAlpha) }}
+{{- end }}
+{{- end }}
+{{- $rules := list }}
+{{- range $group := keys $byGroup | sortAlpha }}
+{{- $rules = append $rules (dict "apiGroups" (list $group) "resources" (get $byGroup $group) "verbs" (list "get" "list" "watch")) }}
+{{- end }}
+{{- toJson $rules }}
+{{- end }}
+
+{{/* The resource name of a kind: lowercase plural, as the API server forms it for regular kinds. */}}
+{{- define "portcullis.plural" -}}
+{{- $k := lower . }}
+{{- if or (hasSuffix "s" $k) (hasSuffix "x" $k) (hasSuffix "ch" $k) (hasSuffix "sh" $k) }}
+{{- printf "%ses" $k }}
+{{- else if and (hasSuffix "y" $k) (not (regexMatch "[aeiou]y$" $k)) }}
+{{- printf "%sies" (trimSuffix "y" $k) }}
+{{- else }}
+{{- printf "%ss" $k }}
+{{- end }}
+{{- end }}

@@ -85,6 +85,50 @@ fn run_returns_a_patch_that_gives_the_expected_object_and_nothing_on_a_second_ru
     }
 }
 
+/// `run --context`: a context-aware policy's lookups answered from a file
+/// of objects, as documents or as the `kind: List` that `kubectl get -o
+/// yaml` prints.
+#[test]
+fn run_answers_lookups_from_a_context_file() {
+    let config = workspace().join("webhook-server/config/default.yaml");
+    let data = workspace().join("policies-wasm/hpa-resource-requests/test_data");
+    let run = |context: Option<&str>| {
+        let request = data.join("hpa-target-lacks-requests.json");
+        let mut args = vec![
+            "run".to_string(),
+            "--config".into(),
+            config.to_string_lossy().into_owned(),
+            "--policy".into(),
+            "hpa-resource-requests".into(),
+            "--request".into(),
+            request.to_string_lossy().into_owned(),
+        ];
+        if let Some(file) = context {
+            args.extend(["--context".into(), data.join(file).to_string_lossy().into_owned()]);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = server(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        serde_json::from_str::<serde_json::Value>(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", stdout(&out)))
+    };
+    let denied = run(Some("context/deployment-lacking-requests.yaml"));
+    assert_eq!(denied["response"]["allowed"], false, "{denied}");
+    assert!(
+        denied["response"]["status"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("container \"nginx\" has no cpu request")
+    );
+    let allowed = run(Some("context/deployment-with-requests.yaml"));
+    assert_eq!(allowed["response"]["allowed"], true, "{allowed}");
+    let without = run(None);
+    assert_eq!(without["response"]["allowed"], true, "{without}");
+    assert!(
+        without["response"]["warnings"][0].as_str().unwrap_or_default().contains("does not exist yet"),
+        "{without}"
+    );
+}
+
 fn fixture_text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -166,5 +210,7 @@ fn check_validates_a_good_config() {
     let config = workspace().join("webhook-server/config/default.yaml");
     let out = server(&["check", "--config", &config.to_string_lossy()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(stdout(&out).contains("ingress-tls") && stdout(&out).contains("service-account-identity"));
+    for policy in ["ingress-tls", "service-account-identity", "hpa-resource-requests"] {
+        assert!(stdout(&out).contains(policy), "{policy} not in {}", stdout(&out));
+    }
 }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use webhook_server::config::Config;
+use webhook_server::context::ContextStore;
 use webhook_server::policy::{self, PolicySet};
 use webhook_server::runtime::{Runtime, RuntimeOptions};
 
@@ -75,6 +76,14 @@ pub fn runtime() -> Arc<Runtime> {
 pub async fn load(runtime: &Arc<Runtime>, entries: &[String]) -> Result<PolicySet, policy::Error> {
     let config = TempConfig::new(&format!("policies:\n{}", entries.concat()));
     PolicySet::load(runtime, &config.config()).await
+}
+
+/// Loads `entries` with their lookups answered from `context`, panicking on error.
+pub async fn load_with_context(runtime: &Arc<Runtime>, entries: &[String], context: &Arc<ContextStore>) -> PolicySet {
+    let config = TempConfig::new(&format!("policies:\n{}", entries.concat()));
+    PolicySet::load_with_context(runtime, &config.config(), context)
+        .await
+        .unwrap_or_else(|e| panic!("loading policies: {}", chain(&e)))
 }
 
 /// Like [`load`], panicking on error.

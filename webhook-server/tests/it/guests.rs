@@ -13,7 +13,9 @@ use webhook_server::abi::AbiError;
 use webhook_server::policy::{self, Policy, PolicySet};
 use webhook_server::runtime::{EvalError, LoadError, Runtime};
 
-use crate::common::{chain, entry, fixture, guest, load, load_ok, raw_request, runtime};
+use webhook_server::context::{ContextStore, Kind};
+
+use crate::common::{chain, entry, fixture, guest, load, load_ok, load_with_context, raw_request, runtime};
 
 macro_rules! assert_test_exists {
     ($name:ident) => {
@@ -184,6 +186,73 @@ async fn wrong_abi_version() {
 }
 
 /// Memory cap below what the module needs just to start: a clear error at load.
+/// A guest's lookups go through the `portcullis::lookup` import to the
+/// context store: filtered answers for granted kinds, a clear refusal for
+/// the others, and modules that never look anything up load as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lookup_echo() {
+    let rt = runtime();
+    let hpa = |ns: &str, name: &str, target: &str, app: &str| {
+        serde_json::json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": app}},
+            "spec": {"scaleTargetRef": {"kind": "Deployment", "name": target}, "maxReplicas": 3}})
+    };
+    let hpa_kind = Kind::new("autoscaling/v2", "HorizontalPodAutoscaler");
+    let store = Arc::new(ContextStore::offline(
+        vec![hpa("shop", "web", "web", "web"), hpa("shop", "api", "api", "api"), hpa("blog", "web", "web", "web")],
+        std::slice::from_ref(&hpa_kind),
+    ));
+    let grant = "context: [{apiVersion: autoscaling/v2, kind: HorizontalPodAutoscaler}]";
+    let ask = async |query: serde_json::Value, extra: &str| {
+        let settings = format!("settings: {}\n{extra}", serde_json::json!({"query": query}));
+        let set = load_with_context(&rt, &[entry("echo", &guest("lookup_echo"), &settings)], &store).await;
+        get(&set, "echo").evaluate(&request()).await.unwrap_or_else(|e| panic!("{e}"))
+    };
+    let names = |v: &portcullis_sdk::Verdict| -> Vec<String> {
+        let items: Vec<serde_json::Value> =
+            serde_json::from_str(v.warnings.first().map(String::as_str).unwrap_or("[]")).unwrap_or_default();
+        items
+            .iter()
+            .map(|o| {
+                format!(
+                    "{}/{}",
+                    o["metadata"]["namespace"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap_or("")
+                )
+            })
+            .collect()
+    };
+    let q = serde_json::json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler"});
+    let with = |extra: serde_json::Value| {
+        let mut q = q.clone();
+        if let Some(m) = q.as_object_mut() {
+            m.extend(extra.as_object().cloned().unwrap_or_default());
+        }
+        q
+    };
+    let v = ask(q.clone(), grant).await;
+    assert!(v.allowed, "{:?}", v.message);
+    assert_eq!(names(&v), ["blog/web", "shop/api", "shop/web"]);
+    let v = ask(with(serde_json::json!({"namespace": "shop", "fields": {"/spec/scaleTargetRef/name": "web"}})), grant)
+        .await;
+    assert_eq!(names(&v), ["shop/web"]);
+    let v = ask(with(serde_json::json!({"labelSelector": "app in (api)"})), grant).await;
+    assert_eq!(names(&v), ["shop/api"]);
+    // Not granted: refused with the reason, as an answer (the guest decides).
+    let v = ask(q.clone(), "").await;
+    assert!(!v.allowed);
+    let message = v.message.unwrap_or_default();
+    assert!(message.contains("is not granted to this policy (it is granted no kinds"), "{message}");
+    let v = ask(serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment"}), grant).await;
+    assert!(v.message.is_some_and(|m| m.contains("apps/v1 Deployment is not granted")));
+    // A module that imports nothing but `log` is untouched by all this.
+    let imports: Vec<String> = {
+        let module = wasmtime::Module::from_file(rt.engine(), guest("allow_all")).unwrap_or_else(|e| panic!("{e}"));
+        module.imports().map(|i| format!("{}::{}", i.module(), i.name())).collect()
+    };
+    assert!(!imports.iter().any(|i| i.ends_with("::lookup")), "{imports:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_cap_below_initial_memory_is_reported() {
     let rt = runtime();

@@ -5,6 +5,7 @@
 
 mod cli;
 mod common;
+mod context_cluster;
 mod guests;
 mod policies;
 mod reload;

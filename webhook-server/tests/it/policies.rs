@@ -8,9 +8,10 @@ use std::sync::Arc;
 use base64::Engine as _;
 use portcullis_sdk::testing::{Answer, load_cases};
 use webhook_server::admission::{self, Endpoint};
+use webhook_server::context::{ContextStore, Kind};
 use webhook_server::policy::{Policy, PolicySet};
 
-use crate::common::{entry, load_ok, policy_module, runtime, workspace};
+use crate::common::{entry, load_with_context, policy_module, runtime, workspace};
 
 /// Policy crates with a `test_data/cases.yaml`.
 fn policy_crates() -> Vec<(String, PathBuf)> {
@@ -29,23 +30,32 @@ fn policy_crates() -> Vec<(String, PathBuf)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_policy_fixture_gives_its_expected_verdict_through_the_compiled_module() {
     let crates = policy_crates();
-    for expected in ["ingress-tls", "service-account-identity"] {
+    for expected in ["ingress-tls", "service-account-identity", "hpa-resource-requests"] {
         assert!(crates.iter().any(|(name, _)| name == expected), "{expected} has no cases.yaml");
     }
     let rt = runtime();
+    let grants = default_grants();
     let mut checked = 0;
     let mut failures = Vec::new();
     for (policy, data) in crates {
         let cases = load_cases(&data).unwrap_or_else(|e| panic!("{policy}: {e}"));
+        // The kinds the default config grants the policy: the cases prove them enough.
+        let kinds = grants.get(&policy).cloned().unwrap_or_default();
         let mut sets: HashMap<String, Arc<PolicySet>> = HashMap::new();
         for case in cases {
             let settings = case.settings_json();
-            let key = settings.to_string();
+            let key = format!("{settings} {:?}", case.context);
             let set = match sets.get(&key) {
                 Some(set) => set.clone(),
                 None => {
-                    let extra = format!("mutating: true\nsettings: {key}");
-                    let set = Arc::new(load_ok(&rt, &[entry(&policy, &policy_module(&policy), &extra)]).await);
+                    let objects = case.context_objects(&data).unwrap_or_else(|e| panic!("{policy}: {e}"));
+                    let store = Arc::new(ContextStore::offline(objects, &kinds));
+                    let grant: Vec<String> =
+                        kinds.iter().map(|k| format!("{{apiVersion: {}, kind: {}}}", k.api_version, k.kind)).collect();
+                    let extra = format!("mutating: true\nsettings: {settings}\ncontext: [{}]", grant.join(", "));
+                    let set = Arc::new(
+                        load_with_context(&rt, &[entry(&policy, &policy_module(&policy), &extra)], &store).await,
+                    );
                     sets.insert(key, set.clone());
                     set
                 }
@@ -66,7 +76,14 @@ async fn every_policy_fixture_gives_its_expected_verdict_through_the_compiled_mo
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    assert!(checked >= 30, "only {checked} cases ran");
+    assert!(checked >= 45, "only {checked} cases ran");
+}
+
+/// The context kinds the repository's default config grants each policy.
+fn default_grants() -> HashMap<String, Vec<Kind>> {
+    let path = workspace().join("webhook-server/config/default.yaml");
+    let config = webhook_server::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    config.policies.into_iter().map(|p| (p.name, p.context)).collect()
 }
 
 /// What the server answers on `/mutate/{policy}` for `review`, as a case
@@ -107,4 +124,6 @@ async fn default_config_loads() {
     assert!(set.get("ingress-tls").is_some());
     let identity = set.get("service-account-identity").unwrap_or_else(|| panic!("service-account-identity not loaded"));
     assert!(identity.config.mutating, "service-account-identity is served on /mutate");
+    let hpa = set.get("hpa-resource-requests").unwrap_or_else(|| panic!("hpa-resource-requests not loaded"));
+    assert_eq!(hpa.config.context.len(), 5, "hpa-resource-requests is granted the HPA and the four scalable kinds");
 }

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use webhook_server::context::watch::ClusterWatches;
 use webhook_server::metrics::Metrics;
 use webhook_server::reload::ConfigWatcher;
 use webhook_server::server::AppState;
@@ -27,7 +28,9 @@ async fn config_changes_are_swapped_in_and_bad_ones_refused() {
         load_ok(&rt, &[entry("gate", &guest("allow_all"), "")]).await,
         Arc::new(Metrics::new()),
     ));
-    let mut watcher = ConfigWatcher::new(&config.path, rt.clone(), state.clone());
+    // No policy is granted context: the watches never connect to a cluster.
+    let watches = Arc::new(ClusterWatches::new(None, state.context.clone()));
+    let mut watcher = ConfigWatcher::new(&config.path, rt.clone(), state.clone(), watches);
     assert!(allowed(&state, "gate").await);
     assert!(!watcher.reload(false).await.unwrap_or_else(|e| panic!("{e:#}")), "nothing changed");
 

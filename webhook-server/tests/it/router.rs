@@ -7,6 +7,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use base64::Engine as _;
 use tower::ServiceExt as _;
+use webhook_server::context::{ContextStore, Kind};
 use webhook_server::metrics::Metrics;
 use webhook_server::server::{AppState, app};
 
@@ -187,6 +188,41 @@ async fn oversized_body_is_refused() {
     let reply = call(&s, "POST", "/validate/allow-all", vec![b' '; 65 << 10]).await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", reply.body);
     assert!(reply.body.contains("over 65536 bytes"), "{}", reply.body);
+}
+
+/// `/readyz` stays 503, naming the kinds, until every context cache has
+/// listed once; the context metrics follow the caches.
+#[tokio::test]
+async fn readiness_waits_for_the_context_caches() {
+    let rt = runtime();
+    let set = load_ok(&rt, &[entry("allow-all", &guest("allow_all"), "")]).await;
+    let metrics = Arc::new(Metrics::new());
+    let mut state = AppState::new(set, metrics.clone());
+    let store = Arc::new(ContextStore::new(Some(metrics)));
+    let hpas = store.cache(&Kind::new("autoscaling/v2", "HorizontalPodAutoscaler"));
+    let deployments = store.cache(&Kind::new("apps/v1", "Deployment"));
+    state.context = store.clone();
+    let s = Arc::new(state);
+    let reply = call(&s, "GET", "/readyz", "").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        reply.body,
+        "not ready: context caches not synced yet: apps/v1 Deployment, autoscaling/v2 HorizontalPodAutoscaler\n"
+    );
+    hpas.replace(vec![]);
+    let reply = call(&s, "GET", "/readyz", "").await;
+    assert!(reply.body.ends_with("apps/v1 Deployment\n"), "{}", reply.body);
+    let deployment = serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "shop"}});
+    deployments.replace(vec![deployment]);
+    assert_eq!(call(&s, "GET", "/readyz", "").await.status, StatusCode::OK);
+    store.update_metrics();
+    let text = call(&s, "GET", "/metrics", "").await.body;
+    for line in [
+        r#"portcullis_context_objects{kind="apps/v1 Deployment"} 1"#,
+        r#"portcullis_context_synced{kind="autoscaling/v2 HorizontalPodAutoscaler"} 1"#,
+    ] {
+        assert!(text.contains(line), "missing {line} in\n{text}");
+    }
 }
 
 #[tokio::test]
