@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use webhook_server::admission::{self, Endpoint};
 use webhook_server::config::Config;
+use webhook_server::context::ContextStore;
 use webhook_server::policy::PolicySet;
 use webhook_server::runtime::{Runtime, RuntimeOptions};
 
@@ -21,18 +22,31 @@ const WARMUP: usize = 2_000;
 const SAMPLES: usize = 20_000;
 
 /// Each policy of `benches/bench.yaml` and the realistic request it is measured on.
-const CASES: [(&str, &str); 3] = [
+const CASES: [(&str, &str); 4] = [
     ("allow-all", "policies-wasm/ingress-tls/test_data/realistic-3kb.json"),
     ("ingress-tls", "policies-wasm/ingress-tls/test_data/realistic-3kb.json"),
     ("service-account-identity", "policies-wasm/service-account-identity/test_data/pod-realistic-3kb.json"),
+    ("hpa-resource-requests", "policies-wasm/hpa-resource-requests/test_data/deployment-realistic.json"),
 ];
+
+/// HPAs and Deployments in the namespace of the Deployment measured.
+const OBJECTS_PER_KIND: usize = 1_000;
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let config = Config::load(&root.join("webhook-server/benches/bench.yaml"))?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let runtime = Arc::new(Runtime::new(&RuntimeOptions::default())?);
-    let set = rt.block_on(PolicySet::load(&runtime, &config))?;
+    let objects = namespace_objects(OBJECTS_PER_KIND);
+    // The HTTPS runs of `cargo xtask bench` answer the same lookups from this file.
+    if let Some(out) = std::env::var_os("PORTCULLIS_BENCH_CONTEXT_OUT") {
+        std::fs::write(&out, serde_json::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}))?)?;
+    }
+    let context = Arc::new(ContextStore::offline(objects, &config.granted_kinds()));
+    let set = rt.block_on(PolicySet::load_with_context(&runtime, &config, &context))?;
+    println!(
+        "context: namespace clipper-production holding {OBJECTS_PER_KIND} HorizontalPodAutoscalers and {OBJECTS_PER_KIND} Deployments"
+    );
 
     println!("{SAMPLES} samples after {WARMUP} warm-up, one at a time, fresh instance per evaluation");
     println!("{:<60} {:>9} {:>9} {:>9} {:>9}", "", "p50 µs", "p90 µs", "p99 µs", "max µs");
@@ -66,6 +80,42 @@ fn main() -> anyhow::Result<()> {
         report(&format!("{name}: parse+evaluate+respond"), &full);
     }
     Ok(())
+}
+
+/// `n` Deployments (about 1.2 KB each, with requests) and the `n` HPAs that
+/// scale them on CPU and memory utilization, in clipper-production; one pair
+/// is the clipper backend of `deployment-realistic.json`.
+fn namespace_objects(n: usize) -> Vec<serde_json::Value> {
+    let mut objects = Vec::with_capacity(2 * n);
+    for i in 0..n {
+        let name = if i == 0 { "clipper-backend".to_string() } else { format!("service-{i:04}") };
+        objects.push(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": name, "namespace": "clipper-production", "uid": format!("00000000-0000-4000-8000-{i:012}"),
+                         "resourceVersion": format!("{}", 100_000 + i), "generation": 3,
+                         "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/part-of": "clipper"}},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app.kubernetes.io/name": name}},
+                     "template": {"metadata": {"labels": {"app.kubernetes.io/name": name}},
+                                  "spec": {"containers": [
+                                      {"name": "app", "image": format!("registry.clipper.dev/{name}:1.{i}"),
+                                       "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                                       "resources": {"requests": {"cpu": "250m", "memory": "256Mi"}, "limits": {"memory": "512Mi"}}},
+                                      {"name": "proxy", "image": "registry.clipper.dev/nginx:1.27",
+                                       "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}}}]}}},
+            "status": {"replicas": 3, "readyReplicas": 3, "availableReplicas": 3, "observedGeneration": 3},
+        }));
+        objects.push(serde_json::json!({
+            "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+            "metadata": {"name": name, "namespace": "clipper-production"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                     "minReplicas": 3, "maxReplicas": 20,
+                     "metrics": [
+                         {"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}}},
+                         {"type": "Resource", "resource": {"name": "memory", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+                     "behavior": {"scaleDown": {"stabilizationWindowSeconds": 300}}},
+        }));
+    }
+    objects
 }
 
 fn measure(mut f: impl FnMut() -> Duration) -> Vec<Duration> {

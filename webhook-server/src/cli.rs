@@ -97,6 +97,10 @@ pub struct ServeArgs {
     /// A config that grants no policy any `context:` never contacts a cluster.
     #[arg(long, env = "PORTCULLIS_KUBECONFIG")]
     pub kubeconfig: Option<PathBuf>,
+    /// Answer lookups from this file of objects (YAML documents or a `kind:
+    /// List`) instead of watching a cluster: for local experiments.
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub context: Option<PathBuf>,
 }
 
 /// `run` options.
@@ -137,7 +141,13 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     })?);
     let metrics = Arc::new(Metrics::new());
     let context = Arc::new(ContextStore::new(Some(metrics.clone())));
-    let watches = Arc::new(ClusterWatches::new(args.kubeconfig.clone(), context.clone()));
+    let watches = match &args.context {
+        Some(file) => {
+            context.fill(ContextStore::read_objects(file).map_err(|e| anyhow::anyhow!(e))?, &config.granted_kinds());
+            Arc::new(ClusterWatches::offline(context.clone()))
+        }
+        None => Arc::new(ClusterWatches::new(args.kubeconfig.clone(), context.clone())),
+    };
     // Watches start now; `/readyz` answers 503, naming the kinds, until each has listed once.
     watches.watch(&config.granted_kinds()).await?;
     let started = std::time::Instant::now();

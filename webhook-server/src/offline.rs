@@ -34,11 +34,7 @@ pub async fn run(config: &Path, name: &str, request: &Path, context: Option<&Pat
         anyhow::bail!("config {} has no policy named {name:?} (it has: {available})", config.path.display());
     }
     let objects = match context {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            portcullis_sdk::lookup::objects_from_yaml(&text)
-                .map_err(|e| anyhow::anyhow!("{} is not a file of objects: {e}", path.display()))?
-        }
+        Some(path) => ContextStore::read_objects(path).map_err(|e| anyhow::anyhow!(e))?,
         None => Vec::new(),
     };
     let store = Arc::new(ContextStore::offline(objects, &config.granted_kinds()));

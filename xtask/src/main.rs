@@ -107,6 +107,10 @@ fn run(root: &Path, addr: &str, config: Option<PathBuf>) -> anyhow::Result<()> {
     wasm::build_policies(root)?;
     run_cmd(cargo().args(["build", "--release", "--package", "webhook-server"]))?;
     let certs = certs::ensure_dev_certs(&root.join("target/dev-certs"))?;
+    // The default config's context-aware policy answers its lookups from a
+    // file of sample objects: no cluster needed. A config of your own is
+    // served as given (with a cluster from KUBECONFIG if it grants lookups).
+    let context = config.is_none().then(|| root.join("webhook-server/config/context.yaml"));
     let config = config.unwrap_or_else(|| root.join("webhook-server/config/default.yaml"));
     let port = addr.rsplit(':').next().unwrap_or("8443");
     let ca = certs.ca.strip_prefix(root).unwrap_or(&certs.ca).display().to_string();
@@ -127,6 +131,13 @@ fn run(root: &Path, addr: &str, config: Option<PathBuf>) -> anyhow::Result<()> {
             "/mutate/service-account-identity"
         )
     );
+    println!(
+        "{}",
+        curl(
+            "policies-wasm/hpa-resource-requests/test_data/deployment-update-lacks-requests.json",
+            "/validate/hpa-resource-requests"
+        )
+    );
     println!();
     println!("(other samples: policies-wasm/*/test_data/*.json; metrics: https://localhost:{port}/metrics)");
     println!();
@@ -138,6 +149,9 @@ fn run(root: &Path, addr: &str, config: Option<PathBuf>) -> anyhow::Result<()> {
         .arg(&certs.cert)
         .arg("--tls-key")
         .arg(&certs.key);
+    if let Some(context) = &context {
+        cmd.arg("--context").arg(context);
+    }
     run_cmd(&mut cmd)
 }
 

@@ -368,6 +368,13 @@ impl ContextStore {
     /// the objects and `kinds` (empty when the file has none of them).
     pub fn offline(objects: Vec<Value>, kinds: &[Kind]) -> Self {
         let store = Self::new(None);
+        store.fill(objects, kinds);
+        store
+    }
+
+    /// Replaces the caches of the objects' kinds and of `kinds` (empty when
+    /// `objects` has none of them) with `objects`, all synced.
+    pub fn fill(&self, objects: Vec<Value>, kinds: &[Kind]) {
         let mut by_kind: BTreeMap<Kind, Vec<Value>> = kinds.iter().map(|k| (k.clone(), Vec::new())).collect();
         for object in objects {
             if let Some(kind) = Kind::of(&object) {
@@ -375,9 +382,16 @@ impl ContextStore {
             }
         }
         for (kind, objects) in by_kind {
-            store.cache(&kind).replace(objects);
+            self.cache(&kind).replace(objects);
         }
-        store
+        self.update_metrics();
+    }
+
+    /// Reads a file of objects: YAML documents or a `kind: List`.
+    pub fn read_objects(path: &std::path::Path) -> Result<Vec<Value>, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+        portcullis_sdk::lookup::objects_from_yaml(&text)
+            .map_err(|e| format!("{} is not a file of objects: {e}", path.display()))
     }
 
     /// The cache of `kind`, created (unsynced) if new.

@@ -32,6 +32,9 @@ pub struct ClusterWatches {
     store: Arc<ContextStore>,
     client: tokio::sync::OnceCell<kube::Client>,
     tasks: Mutex<BTreeMap<Kind, JoinHandle<()>>>,
+    /// No cluster: the store was filled from a file (`serve --context`);
+    /// newly granted kinds get empty, synced caches.
+    offline: bool,
 }
 
 impl ClusterWatches {
@@ -39,7 +42,14 @@ impl ClusterWatches {
     /// as kube-rs infers it: `KUBECONFIG`, `~/.kube/config`, or the
     /// in-cluster service account) when first needed.
     pub fn new(kubeconfig: Option<PathBuf>, store: Arc<ContextStore>) -> Self {
-        Self { kubeconfig, store, client: tokio::sync::OnceCell::new(), tasks: Mutex::default() }
+        Self { kubeconfig, store, client: tokio::sync::OnceCell::new(), tasks: Mutex::default(), offline: false }
+    }
+
+    /// No watches: `store` holds objects read from a file, and stays as it is.
+    pub fn offline(store: Arc<ContextStore>) -> Self {
+        let mut watches = Self::new(None, store);
+        watches.offline = true;
+        watches
     }
 
     async fn client(&self) -> anyhow::Result<kube::Client> {
@@ -55,7 +65,8 @@ impl ClusterWatches {
                             .with_context(|| format!("kubeconfig {}", path.display()))?
                     }
                     None => kube::Config::infer().await.context(
-                        "finding the cluster for the context caches (no --kubeconfig, KUBECONFIG or in-cluster config)",
+                        "finding the cluster for the context caches (no --kubeconfig, KUBECONFIG or in-cluster \
+                         config; `serve --context FILE` answers lookups from a file instead)",
                     )?,
                 };
                 kube::Client::try_from(config).context("creating the Kubernetes client")
@@ -67,6 +78,11 @@ impl ClusterWatches {
     /// Starts watching every kind of `kinds` not watched yet (the others
     /// keep their watches: see [`ClusterWatches::unwatch_others`]).
     pub async fn watch(&self, kinds: &[Kind]) -> anyhow::Result<()> {
+        if self.offline {
+            let missing: Vec<Kind> = kinds.iter().filter(|k| self.store.get(k).is_none()).cloned().collect();
+            self.store.fill(Vec::new(), &missing);
+            return Ok(());
+        }
         let missing: Vec<&Kind> = {
             let tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             kinds.iter().filter(|k| !tasks.contains_key(*k)).collect()
@@ -89,6 +105,9 @@ impl ClusterWatches {
 
     /// Stops the watches (and drops the caches) of kinds not in `kinds`.
     pub fn unwatch_others(&self, kinds: &[Kind]) {
+        if self.offline {
+            return;
+        }
         let mut tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         tasks.retain(|kind, task| {
             let keep = kinds.contains(kind);

@@ -129,6 +129,60 @@ fn run_answers_lookups_from_a_context_file() {
     );
 }
 
+/// The README's `cargo xtask run` serves the default config with
+/// `--context`: every built-in policy, no cluster. It gets ready and the
+/// context-aware policy answers from the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_a_context_file_needs_no_cluster() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = workspace().join("webhook-server/config/default.yaml");
+    let context = workspace().join("webhook-server/config/context.yaml");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webhook-server"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--context")
+        .arg(&context)
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .env_remove("KUBECONFIG")
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ready = loop {
+        let answer = client.get(format!("{base}/readyz")).send().await;
+        if let Ok(r) = answer
+            && r.status().is_success()
+        {
+            break r.text().await.unwrap_or_default();
+        }
+        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let _ = child.kill();
+            panic!("serve did not get ready");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let body = std::fs::read(
+        workspace().join("policies-wasm/hpa-resource-requests/test_data/deployment-update-lacks-requests.json"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let answer = client.post(format!("{base}/validate/hpa-resource-requests")).body(body).send().await;
+    let review: serde_json::Value = match answer {
+        Ok(r) => r.json().await.unwrap_or_default(),
+        Err(e) => serde_json::json!({"error": e.to_string()}),
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(ready.contains("3 policies"), "{ready}");
+    assert_eq!(review["response"]["allowed"], false, "{review}");
+    let message = review["response"]["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("HorizontalPodAutoscaler \"clipper-backend\" scales it"), "{message}");
+}
+
 fn fixture_text(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
