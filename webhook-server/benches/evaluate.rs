@@ -40,7 +40,10 @@ fn main() -> anyhow::Result<()> {
     let objects = namespace_objects(OBJECTS_PER_KIND);
     // The HTTPS runs of `cargo xtask bench` answer the same lookups from this file.
     if let Some(out) = std::env::var_os("PORTCULLIS_BENCH_CONTEXT_OUT") {
-        std::fs::write(&out, serde_json::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}))?)?;
+        std::fs::write(
+            &out,
+            serde_json::to_string(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects}))?,
+        )?;
     }
     let context = Arc::new(ContextStore::offline(objects, &config.granted_kinds()));
     let set = rt.block_on(PolicySet::load_with_context(&runtime, &config, &context))?;

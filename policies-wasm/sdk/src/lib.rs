@@ -48,6 +48,56 @@ pub use request::{GroupVersionKind, GroupVersionResource, Operation, Request, Us
 pub use settings::{NoSettings, Settings, SettingsValidation, parse_settings};
 pub use verdict::{Outcome, Verdict};
 
+/// Whether `text` matches `pattern`, where `*` matches any run of characters
+/// (including none) and every other character matches itself: the namespace
+/// globs of the built-in policies' settings (`clipper-*`).
+pub fn glob_matches(pattern: &str, text: &str) -> bool {
+    let (p, t) = (pattern.as_bytes(), text.as_bytes());
+    let (mut pi, mut ti) = (0, 0);
+    // Where the last `*` was, and the text position it currently stands for.
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&b| b == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn globs() {
+        for (pattern, text, expected) in [
+            ("clipper-*", "clipper-production", true),
+            ("clipper-*", "clipper-", true),
+            ("clipper-*", "clipper", false),
+            ("*", "anything", true),
+            ("*", "", true),
+            ("*-staging", "clipper-staging", true),
+            ("*-staging", "clipper-staging-2", false),
+            ("a*b*c", "axxbyyc", true),
+            ("a*b*c", "axxbyy", false),
+            ("a*b*c", "acb", false),
+            ("exact", "exact", true),
+            ("exact", "exactly", false),
+            ("**", "", true),
+        ] {
+            assert_eq!(super::glob_matches(pattern, text), expected, "{pattern} ~ {text}");
+        }
+    }
+}
+
 /// Re-exported so policies and the host agree on the patch type.
 pub use json_patch;
 /// Re-exported so policies need not name `serde_json` separately.

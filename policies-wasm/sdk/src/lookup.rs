@@ -344,8 +344,15 @@ fn parse_requirement(s: &str) -> Result<(Requirement, &str), String> {
 #[cfg(not(target_arch = "wasm32"))]
 pub fn objects_from_yaml(text: &str) -> Result<Vec<Value>, String> {
     let mut objects = Vec::new();
-    for (i, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = Value::deserialize(document).map_err(|e| format!("document {}: {e}", i + 1))?;
+    // JSON (`kubectl get -o json`) is YAML too, but serde_json reads it many
+    // times faster: a file of thousands of objects loads in milliseconds.
+    let documents: Vec<Result<Value, String>> = if text.trim_start().starts_with('{') {
+        vec![serde_json::from_str(text).map_err(|e| e.to_string())]
+    } else {
+        serde_yaml::Deserializer::from_str(text).map(|d| Value::deserialize(d).map_err(|e| e.to_string())).collect()
+    };
+    for (i, document) in documents.into_iter().enumerate() {
+        let value = document.map_err(|e| format!("document {}: {e}", i + 1))?;
         match value {
             Value::Null => {}
             Value::Object(ref map) if map.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) => {
@@ -452,6 +459,9 @@ mod tests {
         let names: Vec<&str> = objects.iter().filter_map(|o| o.pointer("/metadata/name")?.as_str()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert!(objects_from_yaml("- 1\n").is_err());
+        let json = r#"{"apiVersion": "v1", "kind": "List", "items": [{"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "j"}}]}"#;
+        assert_eq!(objects_from_yaml(json)?.len(), 1);
+        assert!(objects_from_yaml("{not json").is_err());
         assert!(objects_from_yaml("kind: X\nmetadata: {name: a}\n").is_err_and(|e| e.contains("apiVersion")));
         Ok(())
     }
