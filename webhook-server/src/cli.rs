@@ -143,7 +143,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let context = Arc::new(ContextStore::new(Some(metrics.clone())));
     let watches = match &args.context {
         Some(file) => {
-            context.fill(ContextStore::read_objects(file).map_err(|e| anyhow::anyhow!(e))?, &config.granted_kinds());
+            let objects = context.fill_from_file(file, &config.granted_kinds()).map_err(|e| anyhow::anyhow!(e))?;
+            tracing::info!(objects, file = %file.display(), "context objects loaded; no cluster is watched");
             Arc::new(ClusterWatches::offline(context.clone()))
         }
         None => Arc::new(ClusterWatches::new(args.kubeconfig.clone(), context.clone())),

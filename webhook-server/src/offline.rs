@@ -33,11 +33,13 @@ pub async fn run(config: &Path, name: &str, request: &Path, context: Option<&Pat
     if config.policies.is_empty() {
         anyhow::bail!("config {} has no policy named {name:?} (it has: {available})", config.path.display());
     }
-    let objects = match context {
-        Some(path) => ContextStore::read_objects(path).map_err(|e| anyhow::anyhow!(e))?,
-        None => Vec::new(),
-    };
-    let store = Arc::new(ContextStore::offline(objects, &config.granted_kinds()));
+    let store = Arc::new(ContextStore::default());
+    match context {
+        Some(path) => {
+            store.fill_from_file(path, &config.granted_kinds()).map_err(|e| anyhow::anyhow!(e))?;
+        }
+        None => store.fill(Vec::new(), &config.granted_kinds()),
+    }
     let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?);
     let set = PolicySet::load_with_context(&runtime, &config, &store).await?;
     let policy = set.get(name).context("policy vanished after loading")?;

@@ -158,20 +158,16 @@ impl KindState {
         }
     }
 
-    /// A new state of `objects`, with the same indexed pointers.
-    fn rebuilt(&self, objects: Vec<Value>) -> Self {
-        let mut state = Self {
+    /// An empty state with the same indexed pointers.
+    fn fresh(&self) -> Self {
+        Self {
             indexes: self
                 .indexes
                 .iter()
                 .map(|i| FieldIndex { pointer: i.pointer.clone(), ..Default::default() })
                 .collect(),
             ..Self::default()
-        };
-        for object in objects {
-            state.upsert(object);
         }
-        state
     }
 
     fn has_index(&self, pointer: &str) -> bool {
@@ -317,8 +313,23 @@ impl KindCache {
 
     /// Replaces every object (a fresh list) and marks the cache synced.
     pub fn replace(&self, objects: Vec<Value>) {
-        let rebuilt = self.read().rebuilt(objects);
-        *self.write() = rebuilt;
+        let mut listing = self.relist();
+        for object in objects {
+            listing.apply(object);
+        }
+        self.finish(listing);
+    }
+
+    /// Starts a fresh list of the kind, built beside the served state (which
+    /// keeps answering) one object at a time, so a list of thousands of
+    /// objects never exists as parsed values all at once.
+    pub fn relist(&self) -> Listing {
+        Listing(self.read().fresh())
+    }
+
+    /// Serves a finished list and marks the cache synced.
+    pub fn finish(&self, listing: Listing) {
+        *self.write() = listing.0;
         self.synced.store(true, Ordering::Release);
     }
 
@@ -351,6 +362,17 @@ impl KindCache {
     }
 }
 
+/// A list of one kind being built ([`KindCache::relist`]).
+#[derive(Debug)]
+pub struct Listing(KindState);
+
+impl Listing {
+    /// Adds an object (kept as JSON at once).
+    pub fn apply(&mut self, object: Value) {
+        self.0.upsert(object);
+    }
+}
+
 /// The caches of every watched kind.
 #[derive(Debug, Default)]
 pub struct ContextStore {
@@ -374,24 +396,56 @@ impl ContextStore {
 
     /// Replaces the caches of the objects' kinds and of `kinds` (empty when
     /// `objects` has none of them) with `objects`, all synced.
-    pub fn fill(&self, objects: Vec<Value>, kinds: &[Kind]) {
-        let mut by_kind: BTreeMap<Kind, Vec<Value>> = kinds.iter().map(|k| (k.clone(), Vec::new())).collect();
+    pub fn fill(&self, objects: impl IntoIterator<Item = Value>, kinds: &[Kind]) {
+        let mut listings: BTreeMap<Kind, Listing> = kinds.iter().map(|k| (k.clone(), self.cache(k).relist())).collect();
         for object in objects {
-            if let Some(kind) = Kind::of(&object) {
-                by_kind.entry(kind).or_default().push(object);
-            }
+            let Some(kind) = Kind::of(&object) else { continue };
+            listings.entry(kind.clone()).or_insert_with(|| self.cache(&kind).relist()).apply(object);
         }
-        for (kind, objects) in by_kind {
-            self.cache(&kind).replace(objects);
+        for (kind, listing) in listings {
+            self.cache(&kind).finish(listing);
         }
         self.update_metrics();
     }
 
-    /// Reads a file of objects: YAML documents or a `kind: List`.
-    pub fn read_objects(path: &std::path::Path) -> Result<Vec<Value>, String> {
+    /// Fills the store from a file of objects (see [`ContextStore::fill`]):
+    /// a JSON `List` is read one item at a time; other files are YAML
+    /// documents or a `kind: List`. Returns the number of objects.
+    pub fn fill_from_file(&self, path: &std::path::Path, kinds: &[Kind]) -> Result<usize, String> {
+        #[derive(Deserialize)]
+        struct RawList {
+            #[serde(default)]
+            kind: String,
+            #[serde(default)]
+            items: Vec<Box<serde_json::value::RawValue>>,
+        }
         let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        portcullis_sdk::lookup::objects_from_yaml(&text)
-            .map_err(|e| format!("{} is not a file of objects: {e}", path.display()))
+        let invalid = |e: String| format!("{} is not a file of objects: {e}", path.display());
+        if text.trim_start().starts_with('{')
+            && let Ok(list) = serde_json::from_str::<RawList>(&text)
+            && list.kind.ends_with("List")
+        {
+            // One item at a time: a list of thousands never exists as values all at once.
+            let count = list.items.len();
+            let mut bad = None;
+            let objects =
+                list.items.iter().enumerate().filter_map(|(i, raw)| match serde_json::from_str::<Value>(raw.get()) {
+                    Ok(object) if Kind::of(&object).is_some() && key_of(&object).is_some() => Some(object),
+                    _ => {
+                        bad.get_or_insert(i);
+                        None
+                    }
+                });
+            self.fill(objects, kinds);
+            return match bad {
+                Some(i) => Err(invalid(format!("items[{i}] is not an object with apiVersion, kind and metadata.name"))),
+                None => Ok(count),
+            };
+        }
+        let objects = portcullis_sdk::lookup::objects_from_yaml(&text).map_err(invalid)?;
+        let count = objects.len();
+        self.fill(objects, kinds);
+        Ok(count)
     }
 
     /// The cache of `kind`, created (unsynced) if new.

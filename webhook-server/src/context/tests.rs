@@ -186,3 +186,28 @@ fn offline_store_answers_kinds_of_the_file_and_granted_kinds() {
         store.lookup(&[deployment_kind()], &query(json!({"apiVersion": "apps/v1", "kind": "Deployment"})));
     assert_eq!((result, items(&answer).len()), ("ok", 0));
 }
+
+#[test]
+fn files_of_objects_fill_the_store_json_lists_one_item_at_a_time() -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("portcullis-context-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let json = dir.join("list.json");
+    let list = json!({"apiVersion": "v1", "kind": "List", "items": [hpa("shop", "web", "web", json!({})), hpa("shop", "api", "api", json!({}))]});
+    std::fs::write(&json, list.to_string()).map_err(|e| e.to_string())?;
+    let store = ContextStore::default();
+    assert_eq!(store.fill_from_file(&json, &[deployment_kind()])?, 2);
+    assert_eq!(store.get(&hpa_kind()).map(|c| c.len()), Some(2));
+    assert!(store.get(&deployment_kind()).is_some_and(|c| c.is_synced() && c.is_empty()));
+
+    let yaml = dir.join("objects.yaml");
+    std::fs::write(&yaml, "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: a, namespace: shop}\n---\n")
+        .map_err(|e| e.to_string())?;
+    assert_eq!(store.fill_from_file(&yaml, &[])?, 1);
+
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, r#"{"kind": "List", "items": [{"kind": "ConfigMap"}]}"#).map_err(|e| e.to_string())?;
+    let e = store.fill_from_file(&bad, &[]).expect_err("an item without apiVersion and name");
+    assert!(e.contains("items[0] is not an object with apiVersion, kind and metadata.name"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -177,15 +177,16 @@ async fn run(client: kube::Client, cache: Arc<KindCache>, store: Arc<ContextStor
     };
     let api: Api<DynamicObject> = Api::all_with(client, &resource);
     let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let mut listing: Option<Vec<Value>> = None;
+    let mut listing = None;
     while let Some(event) = events.next().await {
         match event {
-            Ok(Event::Init) => listing = Some(Vec::new()),
-            Ok(Event::InitApply(object)) => listing.get_or_insert_with(Vec::new).push(to_value(object, &kind)),
+            Ok(Event::Init) => listing = Some(cache.relist()),
+            Ok(Event::InitApply(object)) => {
+                listing.get_or_insert_with(|| cache.relist()).apply(to_value(object, &kind))
+            }
             Ok(Event::InitDone) => {
-                let objects = listing.take().unwrap_or_default();
                 let first = !cache.is_synced();
-                cache.replace(objects);
+                cache.finish(listing.take().unwrap_or_else(|| cache.relist()));
                 if first {
                     tracing::info!(kind = %label, objects = cache.len(), "context cache synced");
                 }
