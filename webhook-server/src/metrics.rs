@@ -68,7 +68,8 @@ pub struct KindLabels {
 pub struct LookupLabels {
     /// Policy name.
     pub policy: String,
-    /// `ok`, `refused` (kind not granted), `invalid` (bad query) or `unsynced`.
+    /// `ok`, `refused` (kind not granted), `invalid` (bad query), `unsynced`
+    /// or `too_large` (over the policy's memory limit).
     pub result: String,
 }
 

@@ -159,7 +159,8 @@ impl PolicySet {
                 });
             }
             let name = config.name.clone();
-            let module = module.with_lookup(context.for_policy(&name, config.context.clone()));
+            let handler = context.for_policy(&name, config.context.clone(), config.memory_limit_bytes());
+            let module = module.with_lookup(handler);
             policies.insert(name, Arc::new(Policy { config, sha256, module, settings_json }));
         }
         Ok(Self { policies })

@@ -482,6 +482,12 @@ impl ContextStore {
     /// Answers one lookup of `policy`, which is granted `granted`. Returns
     /// the answer JSON and the result label of the lookup metric.
     pub fn lookup(&self, granted: &[Kind], query: &[u8]) -> (Vec<u8>, &'static str) {
+        self.lookup_within(granted, query, usize::MAX)
+    }
+
+    /// [`ContextStore::lookup`], refusing answers over `max_bytes` (a policy's
+    /// memory limit: an answer it could not hold is not built at all).
+    pub fn lookup_within(&self, granted: &[Kind], query: &[u8], max_bytes: usize) -> (Vec<u8>, &'static str) {
         let query: Query = match serde_json::from_slice(query) {
             Ok(q) => q,
             Err(e) => return (error_answer(&format!("invalid lookup query: {e}")), "invalid"),
@@ -511,7 +517,16 @@ impl ContextStore {
             return (error_answer(&format!("the cache of {kind} has not synced with the API server yet")), "unsynced");
         }
         let items = cache.select(&query, &checked);
-        let mut out = Vec::with_capacity(12 + items.iter().map(|i| i.len() + 1).sum::<usize>());
+        let size = 12 + items.iter().map(|i| i.len() + 1).sum::<usize>();
+        if size > max_bytes {
+            let message = format!(
+                "the answer would hold {} objects, {size} bytes: over the policy's memory limit of {max_bytes} bytes; \
+                 narrow the query (namespace, name, labelSelector, fields)",
+                items.len()
+            );
+            return (error_answer(&message), "too_large");
+        }
+        let mut out = Vec::with_capacity(size);
         out.extend_from_slice(b"{\"items\":[");
         for (i, item) in items.iter().enumerate() {
             if i > 0 {
@@ -524,8 +539,8 @@ impl ContextStore {
     }
 
     /// The lookup handler of one policy.
-    pub fn for_policy(self: &Arc<Self>, policy: &str, granted: Vec<Kind>) -> Arc<dyn LookupHandler> {
-        Arc::new(PolicyContext { policy: policy.to_owned(), granted, store: self.clone() })
+    pub fn for_policy(self: &Arc<Self>, policy: &str, granted: Vec<Kind>, max_bytes: usize) -> Arc<dyn LookupHandler> {
+        Arc::new(PolicyContext { policy: policy.to_owned(), granted, max_bytes, store: self.clone() })
     }
 
     /// Publishes object counts and sync state.
@@ -551,12 +566,13 @@ fn error_answer(message: &str) -> Vec<u8> {
 struct PolicyContext {
     policy: String,
     granted: Vec<Kind>,
+    max_bytes: usize,
     store: Arc<ContextStore>,
 }
 
 impl LookupHandler for PolicyContext {
     fn lookup(&self, query: &[u8]) -> Vec<u8> {
-        let (answer, result) = self.store.lookup(&self.granted, query);
+        let (answer, result) = self.store.lookup_within(&self.granted, query, self.max_bytes);
         if let Some(metrics) = self.store.metrics() {
             metrics.lookup(&self.policy, result);
         }

@@ -180,6 +180,17 @@ fn field_pointers_beyond_the_index_limit_are_still_answered() {
 }
 
 #[test]
+fn answers_over_the_limit_are_refused_unbuilt() {
+    let store = store();
+    let q = query(json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler"}));
+    let (answer, result) = store.lookup_within(&[hpa_kind()], &q, 100);
+    assert_eq!(result, "too_large");
+    let error: Value = serde_json::from_slice(&answer).unwrap_or_default();
+    assert!(error["error"].as_str().unwrap_or_default().contains("would hold 3 objects"), "{error}");
+    assert_eq!(store.lookup_within(&[hpa_kind()], &q, 1 << 20).1, "ok");
+}
+
+#[test]
 fn offline_store_answers_kinds_of_the_file_and_granted_kinds() {
     let store = store();
     let (answer, result) =
