@@ -109,25 +109,39 @@ impl Autoscaler {
         }
     }
 
-    /// An `autoscaling/v1` HPA: its only metric is CPU utilization
-    /// (`targetCPUUtilizationPercentage`, 80% when unset).
+    /// An `autoscaling/v1` HPA, converted as the API server converts it to
+    /// v2: its only metric is CPU utilization (`targetCPUUtilizationPercentage`,
+    /// 80% when unset).
     pub fn from_v1(hpa: v1::HorizontalPodAutoscaler) -> Self {
-        let meta = hpa.metadata;
         let spec = hpa.spec;
         let target = spec.scale_target_ref;
-        Self {
-            namespace: meta.namespace.unwrap_or_default(),
-            name: meta.name.unwrap_or_default(),
-            target: TargetRef {
-                api_version: target.api_version.unwrap_or_default(),
-                kind: target.kind,
-                name: target.name,
+        let cpu = v2::MetricSpec {
+            type_: "Resource".into(),
+            resource: Some(v2::ResourceMetricSource {
+                name: "cpu".into(),
+                target: v2::MetricTarget {
+                    type_: "Utilization".into(),
+                    average_utilization: Some(spec.target_cpu_utilization_percentage.unwrap_or(80)),
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        };
+        Self::from_v2(v2::HorizontalPodAutoscaler {
+            metadata: hpa.metadata,
+            spec: v2::HorizontalPodAutoscalerSpec {
+                scale_target_ref: v2::CrossVersionObjectReference {
+                    api_version: target.api_version,
+                    kind: target.kind,
+                    name: target.name,
+                },
+                min_replicas: spec.min_replicas,
+                max_replicas: spec.max_replicas,
+                metrics: Some(vec![cpu]),
+                behavior: None,
             },
-            needs: vec![Need::Resource("cpu".into())],
-            min_replicas: spec.min_replicas.unwrap_or(1),
-            max_replicas: spec.max_replicas,
-            scale_down_window: DEFAULT_SCALE_DOWN_WINDOW,
-        }
+            status: None,
+        })
     }
 
     /// `"namespace/name"`.
