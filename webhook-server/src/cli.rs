@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::config::Config;
 use crate::context::ContextStore;
-use crate::context::watch::ClusterWatches;
+use crate::context::watch::ContextSource;
 use crate::metrics::Metrics;
 use crate::policy::PolicySet;
 use crate::reload::ConfigWatcher;
@@ -145,9 +145,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         Some(file) => {
             let objects = context.fill_from_file(file, &config.granted_kinds()).map_err(|e| anyhow::anyhow!(e))?;
             tracing::info!(objects, file = %file.display(), "context objects loaded; no cluster is watched");
-            Arc::new(ClusterWatches::offline(context.clone()))
+            Arc::new(ContextSource::offline(context.clone()))
         }
-        None => Arc::new(ClusterWatches::new(args.kubeconfig.clone(), context.clone())),
+        None => Arc::new(ContextSource::new(args.kubeconfig.clone(), context.clone())),
     };
     // Watches start now; `/readyz` answers 503, naming the kinds, until each has listed once.
     watches.watch(&config.granted_kinds()).await?;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use crate::config::Config;
-use crate::context::watch::ClusterWatches;
+use crate::context::watch::ContextSource;
 use crate::policy::PolicySet;
 use crate::runtime::Runtime;
 use crate::server::AppState;
@@ -23,7 +23,7 @@ pub struct ConfigWatcher {
     path: PathBuf,
     runtime: Arc<Runtime>,
     state: Arc<AppState>,
-    watches: Arc<ClusterWatches>,
+    watches: Arc<ContextSource>,
     seen: [u8; 32],
 }
 
@@ -33,7 +33,7 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 impl ConfigWatcher {
     /// Starts from the config currently served; `watches` fills `state`'s
     /// context caches for the kinds the configs grant.
-    pub fn new(path: &Path, runtime: Arc<Runtime>, state: Arc<AppState>, watches: Arc<ClusterWatches>) -> Self {
+    pub fn new(path: &Path, runtime: Arc<Runtime>, state: Arc<AppState>, watches: Arc<ContextSource>) -> Self {
         Self { path: path.to_owned(), runtime, state, watches, seen: fingerprint(path) }
     }
 

@@ -131,13 +131,7 @@ fn free_port() -> anyhow::Result<u16> {
 fn wait_ready(port: u16, ca: &Path) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
-        let ok = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", "--cacert"])
-            .arg(ca)
-            .arg(format!("https://127.0.0.1:{port}/readyz"))
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
+        if crate::server_ready(port, ca) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(5));

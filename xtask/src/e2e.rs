@@ -502,13 +502,7 @@ fn wait_for_ready(service: &mut Service, port: u16, ca: &Path, timeout: Duration
     let deadline = Instant::now() + timeout;
     loop {
         service.check_running()?;
-        let ready = Command::new("curl")
-            .args(["-sf", "-o", "/dev/null", "--cacert"])
-            .arg(ca)
-            .arg(format!("https://127.0.0.1:{port}/readyz"))
-            .status()
-            .is_ok_and(|s| s.success());
-        if ready {
+        if crate::server_ready(port, ca) {
             return Ok(());
         }
         if Instant::now() >= deadline {

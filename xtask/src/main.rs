@@ -99,6 +99,17 @@ pub(crate) fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the server on `port` answers 200 on `/readyz` over HTTPS with a
+/// certificate `ca` signed.
+pub(crate) fn server_ready(port: u16, ca: &Path) -> bool {
+    Command::new("curl")
+        .args(["-sf", "-o", "/dev/null", "--cacert"])
+        .arg(ca)
+        .arg(format!("https://127.0.0.1:{port}/readyz"))
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 pub(crate) fn cargo() -> Command {
     Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
 }

@@ -37,7 +37,7 @@ pub use crate::settings::Settings;
 const CONSEQUENCE: &str = "without it the autoscaler cannot compute utilization and stops scaling \
                            (FailedGetResourceMetric: missing request)";
 
-/// The kinds this policy looks up; the config must grant them.
+/// The version HPAs are looked up in (the config must grant `autoscaling/v2 HorizontalPodAutoscaler`).
 pub const HPA_API_VERSION: &str = "autoscaling/v2";
 
 /// Decides on one admission request.

@@ -24,10 +24,11 @@ use tokio::task::JoinHandle;
 
 use super::{ContextStore, Kind, KindCache};
 
-/// Watches for the kinds policies are granted. Connects to the cluster only
-/// when some kind is to be watched: a config without context grants never
-/// contacts one.
-pub struct ClusterWatches {
+/// Where the context caches come from: watches of the kinds policies are
+/// granted, or (`serve --context`) a file read once. Connects to the cluster
+/// only when some kind is to be watched: a config without context grants
+/// never contacts one.
+pub struct ContextSource {
     kubeconfig: Option<PathBuf>,
     store: Arc<ContextStore>,
     client: tokio::sync::OnceCell<kube::Client>,
@@ -37,7 +38,7 @@ pub struct ClusterWatches {
     offline: bool,
 }
 
-impl ClusterWatches {
+impl ContextSource {
     /// Watches that will fill `store`, connecting with `kubeconfig` (else
     /// as kube-rs infers it: `KUBECONFIG`, `~/.kube/config`, or the
     /// in-cluster service account) when first needed.
@@ -76,7 +77,7 @@ impl ClusterWatches {
     }
 
     /// Starts watching every kind of `kinds` not watched yet (the others
-    /// keep their watches: see [`ClusterWatches::unwatch_others`]).
+    /// keep their watches: see [`ContextSource::unwatch_others`]).
     pub async fn watch(&self, kinds: &[Kind]) -> anyhow::Result<()> {
         if self.offline {
             let missing: Vec<Kind> = kinds.iter().filter(|k| self.store.get(k).is_none()).cloned().collect();
@@ -138,10 +139,10 @@ impl ClusterWatches {
     }
 }
 
-impl std::fmt::Debug for ClusterWatches {
+impl std::fmt::Debug for ContextSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        f.debug_struct("ClusterWatches")
+        f.debug_struct("ContextSource")
             .field("kubeconfig", &self.kubeconfig)
             .field("connected", &self.client.initialized())
             .field("kinds", &tasks.keys().map(ToString::to_string).collect::<Vec<_>>())
@@ -149,7 +150,7 @@ impl std::fmt::Debug for ClusterWatches {
     }
 }
 
-impl Drop for ClusterWatches {
+impl Drop for ContextSource {
     fn drop(&mut self) {
         let tasks = self.tasks.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
         for task in tasks.values() {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use kube::api::{Api, DeleteParams, PostParams};
 use serde_json::{Value, json};
-use webhook_server::context::watch::ClusterWatches;
+use webhook_server::context::watch::ContextSource;
 use webhook_server::context::{ContextStore, Kind};
 use webhook_server::metrics::Metrics;
 
@@ -59,7 +59,7 @@ async fn context_cluster_store_follows_the_api_server() {
 
     let metrics = Arc::new(Metrics::new());
     let store = Arc::new(ContextStore::new(Some(metrics.clone())));
-    let watches = ClusterWatches::new(Some(kubeconfig()), store.clone());
+    let watches = ContextSource::new(Some(kubeconfig()), store.clone());
     let kind = Kind::new("v1", "ConfigMap");
     watches.watch(std::slice::from_ref(&kind)).await.unwrap_or_else(|e| panic!("{e:#}"));
     watches

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use webhook_server::context::watch::ClusterWatches;
+use webhook_server::context::watch::ContextSource;
 use webhook_server::metrics::Metrics;
 use webhook_server::reload::ConfigWatcher;
 use webhook_server::server::AppState;
@@ -29,7 +29,7 @@ async fn config_changes_are_swapped_in_and_bad_ones_refused() {
         Arc::new(Metrics::new()),
     ));
     // No policy is granted context: the watches never connect to a cluster.
-    let watches = Arc::new(ClusterWatches::new(None, state.context.clone()));
+    let watches = Arc::new(ContextSource::new(None, state.context.clone()));
     let mut watcher = ConfigWatcher::new(&config.path, rt.clone(), state.clone(), watches);
     assert!(allowed(&state, "gate").await);
     assert!(!watcher.reload(false).await.unwrap_or_else(|e| panic!("{e:#}")), "nothing changed");
