@@ -6,6 +6,13 @@
 //! guest owns it from then on. The guest leaves its answer in its own memory
 //! and returns `ptr << 32 | len`; the host copies it out and then drops the
 //! whole instance, so nothing is ever freed across the boundary.
+//!
+//! Addresses cross the boundary as `i32`, which holds a pointer only on
+//! `wasm32`: [`validate`] and [`validate_settings`] turn the integer they are
+//! given back into a pointer and take over the buffer behind it, so they are
+//! `unsafe` and their callers (the generated exports) vouch for the host. On
+//! targets with wider pointers the `i32` functions cannot be used soundly at
+//! all; native code calls [`evaluate`], which takes the input as a slice.
 #![allow(unsafe_code)]
 
 use serde::Deserialize;
@@ -14,41 +21,88 @@ use crate::Request;
 use crate::settings::{Settings, SettingsValidation, parse_settings};
 use crate::verdict::Outcome;
 
-/// Allocates `len` bytes for the host to write into; 0 when `len` is negative.
+/// Allocates `len` bytes for the host to write into and returns their
+/// address; 0 when `len` is negative. The buffer is leaked until
+/// [`validate`] or [`validate_settings`] takes it back.
+///
+/// Safe: it only hands out memory. The address is a `wasm32` address; on
+/// targets with wider pointers it is truncated and must not be passed on.
 pub fn alloc(len: i32) -> i32 {
     let Ok(len) = usize::try_from(len) else {
         return 0;
     };
+    alloc_buffer(len) as usize as i32
+}
+
+/// A leaked buffer with room for exactly `len.max(1)` bytes, uninitialised;
+/// [`take_input`] with the same `len` takes it back.
+fn alloc_buffer(len: usize) -> *mut u8 {
     let mut buf = Vec::<u8>::with_capacity(len.max(1));
     let ptr = buf.as_mut_ptr();
     std::mem::forget(buf);
-    ptr as usize as i32
+    ptr
 }
 
-/// Takes back the input buffer written by the host.
+/// Takes back a buffer from [`alloc_buffer`] holding `len` bytes of input;
+/// a null `ptr` gives an empty input.
 ///
 /// # Safety
-/// `ptr` must come from [`alloc`] with at least `len` bytes, of which the host
-/// has initialised the first `len`.
-unsafe fn take_input(ptr: i32, len: i32) -> Vec<u8> {
-    let len = usize::try_from(len).unwrap_or(0);
-    if ptr == 0 {
+/// Unless null, `ptr` must come from [`alloc_buffer`]`(len)` with the same
+/// `len`, have its first `len` bytes initialised, and not be used again by the
+/// caller: the returned `Vec` owns (and eventually frees) the buffer.
+unsafe fn take_input(ptr: *mut u8, len: usize) -> Vec<u8> {
+    if ptr.is_null() {
         return Vec::new();
     }
-    let cap = len.max(1);
-    // SAFETY: per this function's contract, `ptr` was returned by `alloc` for a
-    // `Vec<u8>` of capacity `len.max(1)` (the host passes back the same length),
-    // and the host wrote `len` bytes into it.
-    unsafe { Vec::from_raw_parts(ptr as usize as *mut u8, len, cap) }
+    // SAFETY: per this function's contract, `ptr` was allocated by
+    // `alloc_buffer(len)` as a `Vec<u8>` of capacity exactly `len.max(1)`
+    // (`Vec::with_capacity` allocates exactly the capacity asked for), its first
+    // `len` bytes are initialised, and ownership passes to the new `Vec`.
+    unsafe { Vec::from_raw_parts(ptr, len, len.max(1)) }
+}
+
+/// Leaks `bytes` where the host can read them; returns their address and length.
+fn leak_output(bytes: Vec<u8>) -> (*const u8, usize) {
+    let bytes = Box::leak(bytes.into_boxed_slice());
+    (bytes.as_ptr(), bytes.len())
+}
+
+/// What an export does, on real pointers: takes over the input buffer, computes
+/// the answer, and leaves it in memory for the host.
+///
+/// # Safety
+/// As for [`take_input`].
+unsafe fn respond(ptr: *mut u8, len: usize, answer: impl FnOnce(&[u8]) -> Vec<u8>) -> (*const u8, usize) {
+    // SAFETY: this function's contract is `take_input`'s.
+    let input = unsafe { take_input(ptr, len) };
+    leak_output(answer(&input))
+}
+
+/// The pointer behind an address the host passed in as `i32` (read unsigned,
+/// as ABI.md says).
+fn pointer(address: i32) -> *mut u8 {
+    address as u32 as usize as *mut u8
+}
+
+/// A length the host passed in; a negative one (which [`alloc`] refuses) as 0.
+fn length(len: i32) -> usize {
+    usize::try_from(len).unwrap_or(0)
+}
+
+/// Packs an answer's address and length as the `i64` an export returns:
+/// `ptr << 32 | len`, both halves zero-extended (ABI.md §2.3).
+fn pack(address: usize, len: usize) -> i64 {
+    (((address as u64) << 32) | (len as u64 & 0xffff_ffff)) as i64
 }
 
 /// Leaves `bytes` in guest memory for the host and packs its address and
 /// length as the `i64` an export returns (`ptr << 32 | len`).
+///
+/// Safe: it only leaks memory. The address half is meaningful on `wasm32`
+/// only.
 pub fn give_output(bytes: Vec<u8>) -> i64 {
-    let bytes = bytes.into_boxed_slice();
-    let len = bytes.len() as u64;
-    let ptr = Box::into_raw(bytes) as *mut u8 as usize as u64;
-    ((ptr << 32) | (len & 0xffff_ffff)) as i64
+    let (ptr, len) = leak_output(bytes);
+    pack(ptr as usize, len)
 }
 
 #[derive(Deserialize)]
@@ -58,20 +112,36 @@ struct Input<S> {
     settings: Option<S>,
 }
 
-/// Body of the `portcullis_validate` export.
-pub fn validate<S, O>(ptr: i32, len: i32, policy: fn(&Request, &S) -> O) -> i64
+/// Body of the `portcullis_validate` export: reads the input the host wrote at
+/// `ptr`, runs `policy` on it as [`evaluate`] does, and returns the packed
+/// location of the answer (see [`give_output`]).
+///
+/// # Safety
+/// `ptr` must be 0 (an empty input) or an address that [`alloc`]`(len)`
+/// returned in this instance, with the same `len`, whose `len` bytes have all
+/// been written; the buffer must not be used or passed in again afterwards
+/// (this function takes it over and frees it). This is the call sequence of
+/// ABI.md §4.1, which the host follows; it can only hold on `wasm32`.
+pub unsafe fn validate<S, O>(ptr: i32, len: i32, policy: fn(&Request, &S) -> O) -> i64
 where
     S: Settings,
     O: Into<Outcome>,
 {
-    // SAFETY: the host calls this export with a buffer it obtained from
-    // `portcullis_alloc(len)` and filled, as ABI.md requires.
-    let input = unsafe { take_input(ptr, len) };
-    let outcome = evaluate(&input, policy);
-    give_output(
-        serde_json::to_vec(&outcome)
-            .unwrap_or_else(|e| format!(r#"{{"error":"cannot encode verdict: {e}"}}"#).into_bytes()),
-    )
+    // SAFETY: this function's contract is `respond`'s: `ptr` is null or came
+    // from `alloc(len)`, i.e. `alloc_buffer(length(len))` (`alloc` refuses
+    // negative lengths), fully written, and is not used again.
+    let (out, out_len) = unsafe { respond(pointer(ptr), length(len), |input| answer(input, policy)) };
+    pack(out as usize, out_len)
+}
+
+/// What `portcullis_validate` answers for `input`: the outcome's JSON.
+fn answer<S, O>(input: &[u8], policy: fn(&Request, &S) -> O) -> Vec<u8>
+where
+    S: Settings,
+    O: Into<Outcome>,
+{
+    serde_json::to_vec(&evaluate(input, policy))
+        .unwrap_or_else(|e| format!(r#"{{"error":"cannot encode verdict: {e}"}}"#).into_bytes())
 }
 
 /// Decodes ABI input JSON and runs the policy: the body of `portcullis_validate`
@@ -93,15 +163,26 @@ where
     }
 }
 
-/// Body of the `portcullis_validate_settings` export.
-pub fn validate_settings<S: Settings>(ptr: i32, len: i32) -> i64 {
-    // SAFETY: as for `validate`.
-    let input = unsafe { take_input(ptr, len) };
-    let result = match parse_settings::<S>(&input) {
+/// Body of the `portcullis_validate_settings` export: reads the settings JSON
+/// the host wrote at `ptr`, checks them, and returns the packed location of the
+/// [`SettingsValidation`] answer.
+///
+/// # Safety
+/// As for [`validate`]: `ptr` is 0 or comes from [`alloc`]`(len)` with the
+/// same `len`, fully written, and is not used again.
+pub unsafe fn validate_settings<S: Settings>(ptr: i32, len: i32) -> i64 {
+    // SAFETY: this function's contract is `validate`'s, which is `respond`'s.
+    let (out, out_len) = unsafe { respond(pointer(ptr), length(len), settings_answer::<S>) };
+    pack(out as usize, out_len)
+}
+
+/// What `portcullis_validate_settings` answers for `input`.
+fn settings_answer<S: Settings>(input: &[u8]) -> Vec<u8> {
+    let result = match parse_settings::<S>(input) {
         Ok(_) => SettingsValidation { valid: true, message: None },
         Err(message) => SettingsValidation { valid: false, message: Some(message) },
     };
-    give_output(serde_json::to_vec(&result).unwrap_or_default())
+    serde_json::to_vec(&result).unwrap_or_default()
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -122,9 +203,10 @@ pub(crate) fn host_lookup(query: &[u8]) -> Vec<u8> {
     // duration of the call; the host only reads them.
     let packed = unsafe { host_lookup_raw(query.as_ptr(), query.len()) };
     let (ptr, len) = ((packed as u64 >> 32) as i32, (packed as u64 & 0xffff_ffff) as i32);
-    // SAFETY: per ABI.md the host wrote the answer into a buffer it obtained
-    // from `portcullis_alloc(len)`, which it hands over to the guest.
-    unsafe { take_input(ptr, len) }
+    // SAFETY: per ABI.md §3.1 the host wrote the answer, `len` bytes, into a
+    // buffer it obtained from `portcullis_alloc(len)` (ours, so `alloc_buffer`)
+    // and hands it over to the guest; nothing else refers to it.
+    unsafe { take_input(pointer(ptr), length(len)) }
 }
 
 /// Sends one log line to the host.
@@ -133,4 +215,92 @@ pub(crate) fn log(level: i32, message: &str) {
     // SAFETY: `message` is a valid UTF-8 slice for the duration of the call;
     // the host only reads `len` bytes from `ptr` and keeps no reference.
     unsafe { host_log(level, message.as_ptr(), message.len()) }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The exports' memory contract, exercised natively. The `i32` exports
+    //! themselves hold addresses only on `wasm32` (the host's guest tests run
+    //! them there); here the host's side of ABI.md §4.1 (allocate, write,
+    //! call, read the answer) runs around `respond`, which is everything
+    //! [`validate`] and [`validate_settings`] do but the `i32` conversions.
+
+    use super::*;
+    use crate::{NoSettings, Verdict};
+
+    fn deny_in_shop(request: &Request, _: &NoSettings) -> Verdict {
+        match request.namespace.as_deref() {
+            Some("shop") => Verdict::deny("shop is closed"),
+            _ => Verdict::allow(),
+        }
+    }
+
+    /// Plays the host: writes `input` into a buffer from `alloc_buffer`, calls
+    /// `answer` through `respond` and copies the answer out.
+    fn host_call(input: &[u8], answer: impl FnOnce(&[u8]) -> Vec<u8>) -> Vec<u8> {
+        let ptr = alloc_buffer(input.len());
+        // SAFETY: `ptr` has room for `input.len()` bytes (`alloc_buffer`'s
+        // contract) and, freshly allocated, does not overlap `input`.
+        unsafe { std::ptr::copy_nonoverlapping(input.as_ptr(), ptr, input.len()) };
+        // SAFETY: `ptr` came from `alloc_buffer(input.len())`, all of its
+        // `input.len()` bytes are written, and it is not used again here.
+        let (out, out_len) = unsafe { respond(ptr, input.len(), answer) };
+        // SAFETY: `respond` returns leaked memory holding `out_len` initialised
+        // bytes that nothing frees or mutates.
+        unsafe { std::slice::from_raw_parts(out, out_len) }.to_vec()
+    }
+
+    fn request(namespace: &str) -> serde_json::Value {
+        serde_json::json!({
+            "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "admin"},
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"}},
+        })
+    }
+
+    #[test]
+    fn validate_round_trip_through_guest_memory() -> Result<(), String> {
+        for (namespace, allowed) in [("shop", false), ("web", true)] {
+            let input = serde_json::json!({"request": request(namespace), "settings": {}}).to_string();
+            let output = host_call(input.as_bytes(), |input| answer(input, deny_in_shop));
+            let outcome: Outcome = serde_json::from_slice(&output).map_err(|e| e.to_string())?;
+            assert!(matches!(&outcome, Outcome::Verdict(v) if v.allowed == allowed), "{namespace}: {outcome:?}");
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn validate_settings_round_trip_through_guest_memory() -> Result<(), String> {
+        let output = host_call(b"{}", settings_answer::<NoSettings>);
+        let valid: SettingsValidation = serde_json::from_slice(&output).map_err(|e| e.to_string())?;
+        assert!(valid.valid, "{valid:?}");
+        let output = host_call(br#"{"typo": 1}"#, settings_answer::<NoSettings>);
+        let refused: SettingsValidation = serde_json::from_slice(&output).map_err(|e| e.to_string())?;
+        assert!(!refused.valid && refused.message.is_some_and(|m| m.contains("typo")));
+        Ok(())
+    }
+
+    #[test]
+    fn null_input_is_empty_and_answered_as_an_error() -> Result<(), String> {
+        // SAFETY: a null pointer is allowed and stands for an empty input.
+        let (out, out_len) = unsafe { respond(std::ptr::null_mut(), 0, |input| answer(input, deny_in_shop)) };
+        // SAFETY: as in `host_call`.
+        let output = unsafe { std::slice::from_raw_parts(out, out_len) };
+        let outcome: Outcome = serde_json::from_slice(output).map_err(|e| e.to_string())?;
+        assert!(matches!(outcome, Outcome::Error { error } if error.contains("cannot decode policy input")));
+        Ok(())
+    }
+
+    #[test]
+    fn packed_answer_zero_extends_both_halves() {
+        assert_eq!(pack(0x8000_0010, 0xffff_fff0) as u64, 0x8000_0010_ffff_fff0);
+        assert_eq!(pack(16, 2) as u64, (16 << 32) | 2);
+        assert_eq!(length(-1), 0);
+        assert_eq!(pointer(-16) as usize, 0xffff_fff0, "addresses are read unsigned");
+        assert_eq!(alloc(-1), 0, "a negative length is refused");
+    }
 }

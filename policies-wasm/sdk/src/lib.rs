@@ -131,7 +131,9 @@ pub mod names {
 /// Declares a module's exports: `policy!(settings = S, validate = f)` where
 /// `S: Settings` and `f: fn(&Request, &S) -> impl Into<Outcome>`.
 ///
-/// On `wasm32` this expands to the four ABI exports. On other targets it
+/// On `wasm32` this expands to the four ABI exports; the two that receive a
+/// buffer call the `unsafe` [`abi::validate`] and [`abi::validate_settings`],
+/// relying on the host to keep ABI.md's call sequence. On other targets it
 /// expands to `pub fn evaluate(input: &[u8]) -> Outcome`, the same decoding
 /// path as the `portcullis_validate` export, for native tests.
 #[macro_export]
@@ -155,14 +157,18 @@ macro_rules! policy {
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
         pub extern "C" fn portcullis_validate(ptr: i32, len: i32) -> i64 {
-            $crate::abi::validate::<$settings, _>(ptr, len, $validate)
+            // SAFETY: only the host calls this export, and ABI.md §4.1 binds it
+            // to pass the buffer it got from `portcullis_alloc(len)` in this
+            // instance, with the same `len`, fully written, once.
+            unsafe { $crate::abi::validate::<$settings, _>(ptr, len, $validate) }
         }
 
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
         pub extern "C" fn portcullis_validate_settings(ptr: i32, len: i32) -> i64 {
-            $crate::abi::validate_settings::<$settings>(ptr, len)
+            // SAFETY: as for `portcullis_validate`.
+            unsafe { $crate::abi::validate_settings::<$settings>(ptr, len) }
         }
 
         /// Evaluates ABI input JSON (`{"request": ..., "settings": ...}`) natively,

@@ -18,6 +18,7 @@ mod exports {
     #[allow(unsafe_code)]
     #[unsafe(no_mangle)]
     pub extern "C" fn portcullis_validate_settings(ptr: i32, len: i32) -> i64 {
-        abi::validate_settings::<NoSettings>(ptr, len)
+        // SAFETY: the host passes the buffer from `portcullis_alloc(len)`, as ABI.md §4.1 requires.
+        unsafe { abi::validate_settings::<NoSettings>(ptr, len) }
     }
 }
