@@ -7,6 +7,13 @@
 //! the former at another kind (e.g. an external issuer). cert-manager refuses an
 //! Ingress that sets both issuer annotations, or the cluster issuer together
 //! with a kind or group, so those are denied here rather than left to fail later.
+//!
+//! `kubernetes.io/tls-acme: "true"` (the default of ingress-shim's
+//! `--auto-certificate-annotations`) also makes cert-manager manage the
+//! Ingress, with the default issuer configured on the cert-manager controller
+//! (`--default-issuer-name`, `-kind`, `-group`) unless an issuer annotation
+//! names one. The policy cannot see that default, so while an issuer
+//! allow-list is in force such an Ingress must name its issuer.
 
 use std::collections::BTreeMap;
 
@@ -21,16 +28,32 @@ pub const ISSUER_KIND: &str = "cert-manager.io/issuer-kind";
 /// Annotation overriding the API group of the issuer named by [`ISSUER`].
 pub const ISSUER_GROUP: &str = "cert-manager.io/issuer-group";
 
+/// Annotation with which cert-manager issues from its default issuer, when
+/// its value reads as true (see [`reads_as_true`]).
+pub const TLS_ACME: &str = "kubernetes.io/tls-acme";
+
 const CERT_MANAGER_GROUP: &str = "cert-manager.io";
 
 /// The cert-manager annotation that makes cert-manager manage this Ingress's
-/// certificates, if any (the cluster issuer when both are set).
+/// certificates, if any: the cluster issuer, else the issuer (cert-manager
+/// acts on either whatever its value), else [`TLS_ACME`] when it reads as true.
 pub fn annotation(annotations: &BTreeMap<String, String>) -> Option<&'static str> {
-    [CLUSTER_ISSUER, ISSUER].into_iter().find(|key| annotations.contains_key(*key))
+    [CLUSTER_ISSUER, ISSUER]
+        .into_iter()
+        .find(|key| annotations.contains_key(*key))
+        .or_else(|| annotations.get(TLS_ACME).filter(|v| reads_as_true(v)).map(|_| TLS_ACME))
+}
+
+/// True when Go's `strconv.ParseBool`, which cert-manager applies to
+/// [`TLS_ACME`], reads `value` as true: exactly `1`, `t`, `T`, `true`, `TRUE`
+/// or `True` (no other case, no surrounding whitespace).
+pub fn reads_as_true(value: &str) -> bool {
+    matches!(value, "1" | "t" | "T" | "true" | "TRUE" | "True")
 }
 
 /// Problems with the issuer annotations: conflicts, empty names, and issuers
-/// outside the allow-lists of `settings`.
+/// outside the allow-lists of `settings` (including cert-manager's default
+/// issuer, which the policy cannot check, asked for by [`TLS_ACME`]).
 pub fn check(annotations: &BTreeMap<String, String>, settings: &Settings) -> Vec<String> {
     let issuer = annotations.get(ISSUER);
     let cluster_issuer = annotations.get(CLUSTER_ISSUER);
@@ -62,7 +85,13 @@ pub fn check(annotations: &BTreeMap<String, String>, settings: &Settings) -> Vec
     let (key, name, kind) = match (issuer, cluster_issuer) {
         (Some(name), None) => (ISSUER, name, kind.map_or("Issuer", String::as_str)),
         (None, Some(name)) => (CLUSTER_ISSUER, name, "ClusterIssuer"),
-        _ => return problems,
+        (None, None) => {
+            if let Some(value) = annotations.get(TLS_ACME).filter(|v| reads_as_true(v)) {
+                problems.push(default_issuer_problem(value, settings));
+            }
+            return problems;
+        }
+        (Some(_), Some(_)) => return problems,
     };
     let group = group.map_or(CERT_MANAGER_GROUP, String::as_str);
     let allowed = match (group, kind) {
@@ -82,6 +111,26 @@ pub fn check(annotations: &BTreeMap<String, String>, settings: &Settings) -> Vec
         ));
     }
     problems
+}
+
+/// The problem with a [`TLS_ACME`] Ingress that names no issuer while an
+/// allow-list is in force, naming the annotation(s) that would fix it.
+fn default_issuer_problem(value: &str, settings: &Settings) -> String {
+    let mut fixes = Vec::new();
+    if !settings.allowed_cluster_issuers.is_empty() {
+        fixes.push(format!(
+            "{CLUSTER_ISSUER} naming one of the allowed ClusterIssuers ({})",
+            list(&settings.allowed_cluster_issuers)
+        ));
+    }
+    if !settings.allowed_issuers.is_empty() {
+        fixes.push(format!("{ISSUER} naming one of the allowed Issuers ({})", list(&settings.allowed_issuers)));
+    }
+    format!(
+        "annotation {TLS_ACME} {value:?} makes cert-manager use its default issuer, which this policy cannot check \
+         against the allowed issuers; add annotation {}",
+        fixes.join(", or annotation ")
+    )
 }
 
 fn list(names: &[String]) -> String {
@@ -153,6 +202,25 @@ mod tests {
                 Some("cert-manager.io/issuer-group cannot be combined"),
             ),
             (vec![(CLUSTER_ISSUER, "")], Settings::default(), Some("cert-manager.io/cluster-issuer is empty")),
+            // tls-acme: the default issuer is fine until an allow-list is in force.
+            (vec![(TLS_ACME, "true")], Settings::default(), None),
+            (
+                vec![(TLS_ACME, "true")],
+                restricted(),
+                Some(
+                    r#"annotation kubernetes.io/tls-acme "true" makes cert-manager use its default issuer, which this policy cannot check against the allowed issuers; add annotation cert-manager.io/cluster-issuer naming one of the allowed ClusterIssuers ("letsencrypt-prod"), or annotation cert-manager.io/issuer naming one of the allowed Issuers ("team-ca")"#,
+                ),
+            ),
+            (vec![(TLS_ACME, "True"), (ISSUER_KIND, "ClusterIssuer")], restricted(), Some("its default issuer")),
+            (vec![(TLS_ACME, "true"), (CLUSTER_ISSUER, "letsencrypt-prod")], restricted(), None),
+            (vec![(TLS_ACME, "true"), (ISSUER, "team-ca")], restricted(), None),
+            (
+                vec![(TLS_ACME, "true"), (CLUSTER_ISSUER, "letsencrypt-staging")],
+                restricted(),
+                Some(r#"names ClusterIssuer "letsencrypt-staging", which is not allowed"#),
+            ),
+            (vec![(TLS_ACME, "false")], restricted(), None),
+            (vec![(TLS_ACME, "yes")], restricted(), None),
         ];
         for (pairs, settings, expected) in cases {
             let problems = check(&annotations(&pairs), &settings);
@@ -166,9 +234,42 @@ mod tests {
     }
 
     #[test]
+    fn tls_acme_fix_names_only_the_lists_in_force() {
+        let only_cluster = Settings { allowed_cluster_issuers: vec!["letsencrypt-prod".into()], ..Settings::default() };
+        let problems = check(&annotations(&[(TLS_ACME, "true")]), &only_cluster);
+        assert_eq!(
+            problems,
+            [
+                r#"annotation kubernetes.io/tls-acme "true" makes cert-manager use its default issuer, which this policy cannot check against the allowed issuers; add annotation cert-manager.io/cluster-issuer naming one of the allowed ClusterIssuers ("letsencrypt-prod")"#
+            ]
+        );
+        let only_namespaced = Settings { allowed_issuers: vec!["team-ca".into()], ..Settings::default() };
+        let problems = check(&annotations(&[(TLS_ACME, "1")]), &only_namespaced);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0]
+                .ends_with(r#"add annotation cert-manager.io/issuer naming one of the allowed Issuers ("team-ca")"#),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
     fn cluster_issuer_wins_as_the_triggering_annotation() {
         assert_eq!(annotation(&annotations(&[(ISSUER, "a"), (CLUSTER_ISSUER, "b")])), Some(CLUSTER_ISSUER));
         assert_eq!(annotation(&annotations(&[(ISSUER, "a")])), Some(ISSUER));
         assert_eq!(annotation(&annotations(&[(ISSUER_KIND, "Issuer")])), None);
+        assert_eq!(annotation(&annotations(&[(TLS_ACME, "true")])), Some(TLS_ACME));
+        assert_eq!(annotation(&annotations(&[(TLS_ACME, "true"), (ISSUER, "a")])), Some(ISSUER));
+        assert_eq!(annotation(&annotations(&[(TLS_ACME, "false")])), None);
+    }
+
+    #[test]
+    fn tls_acme_reads_true_as_go_parse_bool_does() {
+        for v in ["true", "True", "TRUE", "t", "T", "1"] {
+            assert!(reads_as_true(v), "{v:?}");
+        }
+        for v in ["", "false", "0", "tRUE", " true", "true ", "yes", "on", "enabled"] {
+            assert!(!reads_as_true(v), "{v:?}");
+        }
     }
 }

@@ -3,10 +3,11 @@
 //!
 //! On CREATE and UPDATE every named rule host must be covered by a TLS host
 //! (see [`hosts`]); what only a controller's default certificate could serve
-//! (host-less rules, an Ingress with a default backend and no rules, TLS
-//! entries without hosts or `secretName`) is denied unless the
-//! `allowDefaultCertificate` setting accepts it; cert-manager annotations need
-//! TLS hosts and may be limited to allowed issuers ([`cert_manager`]); and the
+//! (host-less rules, a default backend, alone or next to rules, TLS entries
+//! without hosts or `secretName`) is denied unless the
+//! `allowDefaultCertificate` setting accepts it; cert-manager's ingress-shim
+//! annotations (an issuer, or `kubernetes.io/tls-acme: "true"`) need TLS hosts
+//! and may be limited to allowed issuers ([`cert_manager`]); and the
 //! annotations with which ingress-nginx or GCE would still serve plain HTTP are
 //! denied ([`controller`]). One denial lists every problem, each naming the host
 //! or the entry, so that one fix-up round is enough. TLS hosts that no rule uses
@@ -158,11 +159,8 @@ fn review(ingress: &Ingress, settings: &Settings) -> Result<Findings, String> {
     let mut tls_problems = Vec::new();
     let tls_hosts = check_tls(tls, annotations, settings, &mut tls_problems);
     let rule_hosts = check_rules(rules, &tls_hosts, settings, &mut problems);
-    if rules.is_empty() && has_default_backend && !settings.allow_default_certificate {
-        problems.push(
-            "spec.defaultBackend: the Ingress has no rules, so it serves every host name and no TLS host can cover it"
-                .to_string(),
-        );
+    if has_default_backend && !settings.allow_default_certificate {
+        problems.push(default_backend_problem(rules.is_empty()));
     }
     problems.append(&mut tls_problems);
     problems.extend(cert_manager::check(annotations, settings));
@@ -252,6 +250,21 @@ fn check_rules(
         valid.push(host);
     }
     valid
+}
+
+/// The problem with `spec.defaultBackend`: whatever host name reaches it, only
+/// the controller's default certificate can serve it. With rules, that is every
+/// host name that no rule matches.
+fn default_backend_problem(no_rules: bool) -> String {
+    if no_rules {
+        "spec.defaultBackend: the Ingress has no rules, so it serves every host name and no TLS host can cover it"
+            .to_string()
+    } else {
+        "spec.defaultBackend: next to spec.rules it serves every host name that no rule matches, which only the \
+         controller's default certificate can serve; remove spec.defaultBackend and give each host it should serve \
+         its own rule, with the host listed in spec.tls"
+            .to_string()
+    }
 }
 
 /// The problem for rule host `raw` that no TLS host covers, with a hint.

@@ -19,8 +19,9 @@ use serde::Deserialize;
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
     /// Accept what only the controller's default certificate can serve:
-    /// host-less rules, Ingresses with a default backend and no rules, TLS
-    /// entries without hosts, and TLS entries without `secretName`.
+    /// host-less rules, a default backend (alone, or next to rules, where it
+    /// serves every host name no rule matches), TLS entries without hosts, and
+    /// TLS entries without `secretName`.
     /// It never waives the coverage of a named rule host, nor what cert-manager
     /// needs (hosts and `secretName`) when its annotations are present.
     pub allow_default_certificate: bool,
@@ -32,7 +33,8 @@ pub struct Settings {
     ///
     /// When this list or [`Settings::allowed_issuers`] is non-empty, the
     /// allow-list is in force for both annotations: an issuer of a kind whose
-    /// list is empty is refused.
+    /// list is empty is refused, and so is `kubernetes.io/tls-acme` without an
+    /// issuer annotation (cert-manager's default issuer cannot be checked).
     pub allowed_cluster_issuers: Vec<String>,
     /// Ingress class name to controller (`ingress-nginx`, `gce` or `none`),
     /// merged over [`DEFAULT_INGRESS_CLASSES`]; map a default class to `none`

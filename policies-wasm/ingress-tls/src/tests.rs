@@ -188,6 +188,30 @@ fn cases() -> Vec<Case> {
             "tls": [{}],
         }))
         .settings(DEFAULT_CERT),
+        Case::deny("default backend next to rules", json!({
+            "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}},
+            "rules": [rule("api.example.com")],
+            "tls": [tls(api, "api-tls")],
+        }), &[
+            "(1 problem)",
+            "spec.defaultBackend: next to spec.rules it serves every host name that no rule matches, which only the controller's default certificate can serve",
+            "remove spec.defaultBackend and give each host it should serve its own rule, with the host listed in spec.tls",
+        ]),
+        Case::allow("default backend next to rules with default certificate", json!({
+            "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}},
+            "rules": [rule("api.example.com")],
+            "tls": [tls(api, "api-tls")],
+        }))
+        .settings(DEFAULT_CERT),
+        Case::deny("default backend next to a host-less rule", json!({
+            "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}},
+            "rules": [hostless_rule()],
+        }), &["(2 problems)", "spec.rules[0] has no host", "spec.defaultBackend: next to spec.rules"]),
+        Case::deny("default backend next to rules still needs named hosts covered", json!({
+            "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}},
+            "rules": [rule("api.example.com")],
+        }), &["(1 problem)", r#""api.example.com" is not covered"#])
+        .settings(DEFAULT_CERT),
         Case::allow("default backend with tls hosts warns", json!({
             "defaultBackend": {"service": {"name": "web", "port": {"number": 80}}},
             "tls": [tls(api, "api-tls")],
@@ -255,6 +279,32 @@ fn cases() -> Vec<Case> {
         Case::allow("allowed namespaced issuer", rules_and_tls(api, api))
             .annotated(json!({"cert-manager.io/issuer": "team-ca"}))
             .settings(r#"{"allowedIssuers": ["team-ca"]}"#),
+        Case::allow("tls-acme with hosts", rules_and_tls(api, api)).annotated(json!({"kubernetes.io/tls-acme": "true"})),
+        Case::deny("tls-acme without hosts", json!({"rules": [rule("api.example.com")], "tls": [{"secretName": "t"}]}), &[
+            "spec.tls[0] lists no hosts, which cert-manager (annotation kubernetes.io/tls-acme) needs",
+        ])
+        .annotated(json!({"kubernetes.io/tls-acme": "true"})),
+        Case::deny("tls-acme needs hosts and secretName even with default certificate", json!({
+            "rules": [rule("api.example.com")],
+            "tls": [tls(api, "t"), {}],
+        }), &[
+            "spec.tls[1] lists no hosts, which cert-manager (annotation kubernetes.io/tls-acme) needs",
+            "spec.tls[1] has no secretName, which cert-manager (annotation kubernetes.io/tls-acme) needs",
+        ])
+        .annotated(json!({"kubernetes.io/tls-acme": "True"}))
+        .settings(DEFAULT_CERT),
+        Case::allow("tls-acme false is no trigger", json!({"rules": [rule("api.example.com")], "tls": [tls(api, "t"), {}]}))
+            .annotated(json!({"kubernetes.io/tls-acme": "false"}))
+            .settings(DEFAULT_CERT),
+        Case::deny("tls-acme with an issuer allow-list", rules_and_tls(api, api), &[
+            r#"annotation kubernetes.io/tls-acme "true" makes cert-manager use its default issuer, which this policy cannot check against the allowed issuers"#,
+            r#"add annotation cert-manager.io/cluster-issuer naming one of the allowed ClusterIssuers ("letsencrypt-prod")"#,
+        ])
+        .annotated(json!({"kubernetes.io/tls-acme": "true"}))
+        .settings(r#"{"allowedClusterIssuers": ["letsencrypt-prod"]}"#),
+        Case::allow("tls-acme naming an allowed cluster issuer", rules_and_tls(api, api))
+            .annotated(json!({"kubernetes.io/tls-acme": "true", "cert-manager.io/cluster-issuer": "letsencrypt-prod"}))
+            .settings(r#"{"allowedClusterIssuers": ["letsencrypt-prod"]}"#),
         Case::deny("both issuer annotations", rules_and_tls(api, api), &["are both set"])
             .annotated(json!({"cert-manager.io/issuer": "a", "cert-manager.io/cluster-issuer": "b"})),
         // ingress-nginx.
