@@ -100,6 +100,13 @@ pub struct PolicyConfig {
     /// Largest verdict accepted from the module, in KiB.
     #[serde(default = "default_max_output_kib", rename = "maxOutputKiB")]
     pub max_output_kib: u64,
+    /// Evaluations of this policy running at once (its bulkhead).
+    #[serde(default = "default_max_concurrent")]
+    pub max_concurrent: u32,
+    /// Evaluations waiting for one of its slots; beyond this a request is
+    /// answered at once by the failurePolicy instead of queueing.
+    #[serde(default = "default_max_queued")]
+    pub max_queued: u32,
     /// Expected SHA-256 of the module file (hex); the module is refused if it differs.
     #[serde(default)]
     pub sha256: Option<String>,
@@ -121,6 +128,17 @@ fn default_memory_limit_mib() -> u64 {
 fn default_max_output_kib() -> u64 {
     4096
 }
+fn default_max_concurrent() -> u32 {
+    8
+}
+fn default_max_queued() -> u32 {
+    64
+}
+
+/// Most evaluations of one policy at once.
+pub const MAX_CONCURRENT: u32 = 1024;
+/// Longest queue of one policy.
+pub const MAX_QUEUED: u32 = 65_536;
 fn empty_settings() -> serde_json::Value {
     serde_json::Value::Object(serde_json::Map::new())
 }
@@ -140,6 +158,58 @@ impl PolicyConfig {
     pub fn max_output_bytes(&self) -> usize {
         usize::try_from(self.max_output_kib << 10).unwrap_or(usize::MAX)
     }
+
+    /// The sandbox limits of each evaluation.
+    pub fn limits(&self) -> crate::runtime::Limits {
+        crate::runtime::Limits {
+            timeout: self.timeout(),
+            memory_bytes: self.memory_limit_bytes(),
+            max_output_bytes: self.max_output_bytes(),
+            max_concurrent: self.max_concurrent,
+            max_queued: self.max_queued,
+        }
+    }
+}
+
+/// What the whole server may spend on evaluations: the instance pool, and
+/// (optionally) the memory the pod is allowed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Instances in the pool (`--max-instances`).
+    pub max_instances: u32,
+    /// Memory for guest instances (`--memory-budget-mib`); `None`: unchecked.
+    pub memory_mib: Option<u64>,
+}
+
+/// A config that asks for more than the [`Budget`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetError {
+    /// More concurrent evaluations than pool instances.
+    #[error(
+        "the policies may run {wanted} evaluations at once ({detail}), but the instance pool has {max_instances} \
+         (--max-instances): lower maxConcurrent or raise --max-instances"
+    )]
+    Instances {
+        /// Σ maxConcurrent.
+        wanted: u64,
+        /// Per-policy terms.
+        detail: String,
+        /// Pool size.
+        max_instances: u32,
+    },
+    /// More guest memory than budgeted.
+    #[error(
+        "the policies may use {wanted} MiB of guest memory at once ({detail}), over the {budget} MiB budget \
+         (--memory-budget-mib): lower maxConcurrent or memoryLimitMiB, or raise the pod's memory limit"
+    )]
+    Memory {
+        /// Σ maxConcurrent × memoryLimitMiB.
+        wanted: u64,
+        /// Per-policy terms.
+        detail: String,
+        /// Budget.
+        budget: u64,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -208,6 +278,16 @@ impl Config {
                     format!("must be 1..={MAX_OUTPUT_KIB}, got {}", p.max_output_kib),
                 ));
             }
+            if !(1..=MAX_CONCURRENT).contains(&p.max_concurrent) {
+                return Err(invalid(
+                    &p.name,
+                    "maxConcurrent",
+                    format!("must be 1..={MAX_CONCURRENT}, got {}", p.max_concurrent),
+                ));
+            }
+            if p.max_queued > MAX_QUEUED {
+                return Err(invalid(&p.name, "maxQueued", format!("must be 0..={MAX_QUEUED}, got {}", p.max_queued)));
+            }
             if let Some(digest) = &p.sha256
                 && (digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()))
             {
@@ -237,6 +317,32 @@ impl Config {
             }
         }
         Ok(Self { path: path.to_owned(), policies })
+    }
+
+    /// Checks that every policy's slots together fit the instance pool and
+    /// that their memory caps together fit the memory budget.
+    pub fn check_budget(&self, budget: Budget) -> Result<(), BudgetError> {
+        let instances: u64 = self.policies.iter().map(|p| u64::from(p.max_concurrent)).sum();
+        if instances > u64::from(budget.max_instances) {
+            let detail = self.policies.iter().map(|p| format!("{} {}", p.name, p.max_concurrent)).collect();
+            return Err(BudgetError::Instances {
+                wanted: instances,
+                detail: join(detail, " + "),
+                max_instances: budget.max_instances,
+            });
+        }
+        if let Some(limit) = budget.memory_mib {
+            let memory: u64 = self.policies.iter().map(|p| u64::from(p.max_concurrent) * p.memory_limit_mib).sum();
+            if memory > limit {
+                let detail = self
+                    .policies
+                    .iter()
+                    .map(|p| format!("{} {} × {} MiB", p.name, p.max_concurrent, p.memory_limit_mib))
+                    .collect();
+                return Err(BudgetError::Memory { wanted: memory, detail: join(detail, " + "), budget: limit });
+            }
+        }
+        Ok(())
     }
 
     /// Every kind some policy is granted, sorted, once each: what `serve` watches.
@@ -270,6 +376,10 @@ fn check_kind(kind: &Kind) -> Result<(), String> {
         return Err(format!("kind {:?} is not a kind such as Deployment", kind.kind));
     }
     Ok(())
+}
+
+fn join(parts: Vec<String>, sep: &str) -> String {
+    parts.join(sep)
 }
 
 fn is_dns_label(s: &str) -> bool {
@@ -357,6 +467,29 @@ mod tests {
             let e = error_of(&format!("policies:\n- name: p\n  module: a.wasm\n  context: [{entry}]\n"));
             assert!(e.contains(fragment), "{entry}: {e}");
         }
+        Ok(())
+    }
+
+    #[test]
+    fn budget_counts_every_policys_slots_and_memory() -> Result<()> {
+        let c = parse(
+            "policies:\n- name: a\n  module: a.wasm\n  maxConcurrent: 4\n  memoryLimitMiB: 32\n\
+             - name: b\n  module: b.wasm\n  maxConcurrent: 2\n  maxQueued: 0\n",
+        )?;
+        assert_eq!((c.policies[1].max_concurrent, c.policies[1].max_queued), (2, 0));
+        assert_eq!(c.check_budget(Budget { max_instances: 6, memory_mib: Some(256) }), Ok(()));
+        let e = c.check_budget(Budget { max_instances: 5, memory_mib: None }).map_err(|e| e.to_string());
+        assert!(
+            matches!(&e, Err(m) if m.contains("6 evaluations") && m.contains("a 4 + b 2") && m.contains("--max-instances")),
+            "{e:?}"
+        );
+        let e = c.check_budget(Budget { max_instances: 128, memory_mib: Some(200) }).map_err(|e| e.to_string());
+        assert!(
+            matches!(&e, Err(m) if m.contains("256 MiB") && m.contains("a 4 × 32 MiB + b 2 × 64 MiB") && m.contains("200 MiB budget")),
+            "{e:?}"
+        );
+        let e = error_of("policies:\n- name: z\n  module: a.wasm\n  maxConcurrent: 0\n");
+        assert!(e.contains("\"z\"") && e.contains("maxConcurrent"), "{e}");
         Ok(())
     }
 

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::abi;
 use crate::config::{Config, PolicyConfig};
 use crate::context::ContextStore;
-use crate::runtime::{EvalError, Limits, LoadError, PolicyModule, Runtime};
+use crate::runtime::{EvalError, LoadError, PolicyModule, Runtime};
 
 /// Why a policy set could not be built. Every variant names the policy.
 #[derive(Debug, thiserror::Error)]
@@ -98,14 +98,29 @@ impl Policy {
 
     /// Evaluates one request, given the raw JSON of its `AdmissionRequest`.
     pub async fn evaluate(&self, raw_request: &str) -> Result<portcullis_sdk::Verdict, EvalError> {
+        self.evaluate_until(raw_request, None).await
+    }
+
+    /// Evaluates one request whose answer is due by `until` (the API
+    /// server's `?timeout=`): the wait for a slot and the evaluation end by then.
+    pub async fn evaluate_until(
+        &self,
+        raw_request: &str,
+        until: Option<std::time::Instant>,
+    ) -> Result<portcullis_sdk::Verdict, EvalError> {
         let mut input = String::with_capacity(raw_request.len() + self.settings_json.len() + 24);
         input.push_str("{\"request\":");
         input.push_str(raw_request);
         input.push_str(",\"settings\":");
         input.push_str(&self.settings_json);
         input.push('}');
-        let answer = self.module.validate(input.as_bytes()).await?;
+        let answer = self.module.validate_until(input.as_bytes(), until).await?;
         abi::decode_verdict(&answer)
+    }
+
+    /// Evaluations of this policy waiting for a slot right now.
+    pub fn queued(&self) -> usize {
+        self.module.queued()
     }
 }
 
@@ -204,11 +219,7 @@ fn compile(runtime: &Runtime, config: PolicyConfig) -> Result<(PolicyConfig, Str
             actual: sha256,
         });
     }
-    let limits = Limits {
-        timeout: config.timeout(),
-        memory_bytes: config.memory_limit_bytes(),
-        max_output_bytes: config.max_output_bytes(),
-    };
+    let limits = config.limits();
     let module = runtime.load(&config.name, &wasm, limits).map_err(|source| Error::Load {
         policy: config.name.clone(),
         path: config.module.clone(),

@@ -2,11 +2,17 @@
 //! module compiled once into an `InstancePre`, and a fresh `Store` and instance
 //! for every evaluation, taken from wasmtime's pooling allocator.
 //!
-//! Every evaluation runs under three limits: a wall-clock deadline (epoch
-//! interruption with a 1 ms tick; a guest running past its first 2 ms yields to the async executor
-//! at each tick, so a looping guest never holds a worker thread), a memory cap
-//! (a `ResourceLimiter`), and a cap on the size of what it returns. Whatever a
+//! Every evaluation runs under three limits: a wall-clock deadline counted
+//! from the moment the evaluation starts (epoch interruption with a 1 ms tick;
+//! a guest running past its first 2 ms yields to the async executor at each
+//! tick, so a looping guest never holds a worker thread), a memory cap (a
+//! `ResourceLimiter`), and a cap on the size of what it returns. Whatever a
 //! guest does ends as a value: bytes, or an [`EvalError`] saying what happened.
+//!
+//! Each policy is a bulkhead: at most `max_concurrent` of its evaluations run
+//! at once and at most `max_queued` wait for one of its slots, so a slow or
+//! looping policy fills only its own slots and its excess is answered at once
+//! (as `busy`, by its own failurePolicy) while other policies keep theirs.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +47,7 @@ pub const YIELD_AFTER: Duration = Duration::from_millis(2);
 /// `cause` label of the evaluation-failure metric.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
-    /// The deadline (wall-clock, from the request reaching the sandbox) passed.
+    /// The deadline (wall-clock, from the start of the evaluation) passed.
     #[error("exceeded its {0} ms deadline")]
     Timeout(u64),
     /// The guest tried to grow memory past its cap.
@@ -67,9 +73,15 @@ pub enum EvalError {
     /// The guest reported that it could not evaluate the request.
     #[error("reported an error: {0}")]
     Guest(String),
-    /// Every sandbox slot stayed busy until the deadline.
-    #[error("found no free sandbox before its {0} ms deadline (server overloaded)")]
-    Busy(u64),
+    /// The policy's slots stayed busy for as long as the request could wait.
+    #[error("found none of its {0} evaluation slots free in time (policy overloaded)")]
+    Busy(u32),
+    /// The policy's queue was full: the request was not queued at all.
+    #[error("has {0} evaluations already waiting for a slot (policy overloaded)")]
+    QueueFull(u32),
+    /// The caller's own deadline (the API server's `?timeout=`) left no time to evaluate.
+    #[error("was not run: the API server's timeout left no time for it")]
+    NoTimeLeft,
     /// The module broke the ABI at run time.
     #[error(transparent)]
     Abi(#[from] AbiError),
@@ -85,7 +97,7 @@ impl EvalError {
             EvalError::Trap(_) => "trap",
             EvalError::OutputTooLarge { .. } | EvalError::BadOutput(_) => "output",
             EvalError::Guest(_) => "guest_error",
-            EvalError::Busy(_) => "busy",
+            EvalError::Busy(_) | EvalError::QueueFull(_) | EvalError::NoTimeLeft => "busy",
             EvalError::Abi(_) => "abi",
         }
     }
@@ -109,12 +121,35 @@ pub enum LoadError {
 /// Per-evaluation limits of one policy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Deadline (wall-clock) from asking for a sandbox slot to the verdict.
+    /// Deadline (wall-clock) from the start of the evaluation to the verdict.
     pub timeout: Duration,
     /// Linear memory cap.
     pub memory_bytes: usize,
     /// Largest answer accepted.
     pub max_output_bytes: usize,
+    /// Evaluations of the policy running at once.
+    pub max_concurrent: u32,
+    /// Evaluations waiting for one of the policy's slots; more are refused at once.
+    pub max_queued: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+            max_output_bytes: 4 << 20,
+            max_concurrent: 8,
+            max_queued: 64,
+        }
+    }
+}
+
+/// One policy's share of the sandbox: its own slots and its own bounded queue.
+#[derive(Debug)]
+struct Bulkhead {
+    slots: Semaphore,
+    waiting: AtomicUsize,
 }
 
 /// Engine-wide options.
@@ -185,6 +220,7 @@ pub struct Runtime {
     linker: Linker<GuestState>,
     slots: Arc<Semaphore>,
     ticker: EpochTicker,
+    max_instances: u32,
 }
 
 impl Runtime {
@@ -223,7 +259,7 @@ impl Runtime {
         abi::define_imports(&mut linker).map_err(|e| anyhow::anyhow!("defining host functions: {e}"))?;
         let ticker =
             EpochTicker::start(engine.clone()).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
-        Ok(Self { engine, linker, slots: Arc::new(Semaphore::new(n as usize)), ticker })
+        Ok(Self { engine, linker, slots: Arc::new(Semaphore::new(n as usize)), ticker, max_instances: n })
     }
 
     /// Compiles a module, checks it against the ABI, and prepares it for
@@ -237,6 +273,10 @@ impl Runtime {
             name: name.into(),
             pre,
             limits,
+            bulkhead: Arc::new(Bulkhead {
+                slots: Semaphore::new(limits.max_concurrent.max(1) as usize),
+                waiting: AtomicUsize::new(0),
+            }),
             slots: self.slots.clone(),
             engine: self.engine.clone(),
             ticker,
@@ -249,9 +289,29 @@ impl Runtime {
         &self.engine
     }
 
-    /// Whether the epoch ticker thread is running.
+    /// Whether the epoch ticker thread is alive (parked or ticking).
     pub fn ticking(&self) -> bool {
         self.ticker.handle.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
+    /// Stops the epoch ticker: no deadline fires afterwards, and `/healthz`
+    /// reports the server unhealthy. For tests of that report.
+    #[doc(hidden)]
+    pub fn stop_ticker(&self) {
+        self.ticker.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(handle) = &self.ticker.handle {
+            handle.thread().unpark();
+        }
+    }
+
+    /// Whether the epoch ticker is parked (no evaluation ran for a while).
+    pub fn ticker_parked(&self) -> bool {
+        self.ticker.shared.parked.load(Ordering::SeqCst)
+    }
+
+    /// Size of the instance pool: the most instances alive at once.
+    pub fn max_instances(&self) -> u32 {
+        self.max_instances
     }
 }
 
@@ -261,6 +321,7 @@ pub struct PolicyModule {
     name: Arc<str>,
     pre: InstancePre<GuestState>,
     limits: Limits,
+    bulkhead: Arc<Bulkhead>,
     slots: Arc<Semaphore>,
     engine: Engine,
     ticker: TickerHandle,
@@ -288,21 +349,78 @@ impl PolicyModule {
 
     /// Runs `portcullis_validate` on ABI input JSON; returns the raw answer.
     pub async fn validate(&self, input: &[u8]) -> Result<Vec<u8>, EvalError> {
-        self.call(names::VALIDATE, input, false).await
+        self.call(names::VALIDATE, input, false, None).await
+    }
+
+    /// Like [`PolicyModule::validate`], for a caller that must have its answer
+    /// by `until` (the API server's `?timeout=`): waiting for a slot and the
+    /// evaluation both end by then, whatever the policy's own timeout.
+    pub async fn validate_until(&self, input: &[u8], until: Option<Instant>) -> Result<Vec<u8>, EvalError> {
+        self.call(names::VALIDATE, input, false, until).await
     }
 
     /// Checks the ABI version, then runs `portcullis_validate_settings`.
     pub async fn validate_settings(&self, settings: &[u8]) -> Result<Vec<u8>, EvalError> {
-        self.call(names::VALIDATE_SETTINGS, settings, true).await
+        self.call(names::VALIDATE_SETTINGS, settings, true, None).await
     }
 
-    async fn call(&self, export: &str, input: &[u8], check_version: bool) -> Result<Vec<u8>, EvalError> {
-        let timeout_ms = u64::try_from(self.limits.timeout.as_millis()).unwrap_or(u64::MAX);
+    /// Evaluations of this policy waiting for a slot right now.
+    pub fn queued(&self) -> usize {
+        self.bulkhead.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Takes one of the policy's slots, and one of the pool's: at once when
+    /// free; else waits in the policy's queue (if it has room) until `wait_until`.
+    async fn acquire(&self, wait_until: Instant) -> Result<[tokio::sync::SemaphorePermit<'_>; 2], EvalError> {
+        let limits = &self.limits;
+        let own = match self.bulkhead.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => {
+                let waiting = self.bulkhead.waiting.fetch_add(1, Ordering::AcqRel);
+                let _queued = Queued(&self.bulkhead.waiting);
+                if waiting >= limits.max_queued as usize {
+                    return Err(EvalError::QueueFull(limits.max_queued));
+                }
+                tokio::time::timeout_at(wait_until.into(), self.bulkhead.slots.acquire())
+                    .await
+                    .map_err(|_| EvalError::Busy(limits.max_concurrent))?
+                    .map_err(|_| EvalError::Busy(limits.max_concurrent))?
+            }
+        };
+        // The pool is sized for every policy's slots together (checked at
+        // load); it runs short only while an old and a new set overlap.
+        let pool = match self.slots.try_acquire() {
+            Ok(permit) => permit,
+            Err(_) => tokio::time::timeout_at(wait_until.into(), self.slots.acquire())
+                .await
+                .map_err(|_| EvalError::Busy(limits.max_concurrent))?
+                .map_err(|_| EvalError::Busy(limits.max_concurrent))?,
+        };
+        Ok([own, pool])
+    }
+
+    async fn call(
+        &self,
+        export: &str,
+        input: &[u8],
+        check_version: bool,
+        until: Option<Instant>,
+    ) -> Result<Vec<u8>, EvalError> {
+        let arrived = Instant::now();
+        // A request may wait for a slot as long as it may then run; with a
+        // caller's deadline, only as long as that still leaves the policy its timeout.
+        let wait_until = match until {
+            None => arrived + self.limits.timeout,
+            Some(until) => until.checked_sub(self.limits.timeout).unwrap_or(arrived).max(arrived),
+        };
+        let _permits = self.acquire(wait_until).await?;
         let started = Instant::now();
-        let _slot = tokio::time::timeout(self.limits.timeout, self.slots.acquire())
-            .await
-            .map_err(|_| EvalError::Busy(timeout_ms))?
-            .map_err(|_| EvalError::Busy(timeout_ms))?;
+        let deadline = match until {
+            None => started + self.limits.timeout,
+            Some(until) if until <= started => return Err(EvalError::NoTimeLeft),
+            Some(until) => until.min(started + self.limits.timeout),
+        };
+        let timeout_ms = u64::try_from(deadline.saturating_duration_since(started).as_millis()).unwrap_or(u64::MAX);
         let _ticking = self.ticker.running();
         let mut store = Store::new(
             &self.engine,
@@ -312,8 +430,8 @@ impl PolicyModule {
                 lookup: if check_version { None } else { self.lookup.clone() },
                 lookups: 0,
                 limiter: MemoryLimiter { limit: self.limits.memory_bytes, exceeded: false },
-                started: Instant::now(),
-                deadline: started + self.limits.timeout,
+                started,
+                deadline,
                 timeout_ms,
             },
         );
@@ -329,7 +447,11 @@ impl PolicyModule {
                 // guest costs more than the tick (it was most of the p99).
                 Ok(UpdateDeadline::Continue(1))
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's yield_now, not wasmtime's plain `Yield`: a task that
+                // wakes itself is re-polled at once from the worker's LIFO
+                // slot, ahead of queued requests; yield_now defers it behind
+                // them, so a looping guest takes turns instead of a worker.
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
             }
         });
         let result = self.call_in(&mut store, export, input, check_version).await;
@@ -423,8 +545,12 @@ struct TickerHandle {
 
 impl TickerHandle {
     fn running(&self) -> RunningGuard<'_> {
-        self.shared.running.fetch_add(1, Ordering::AcqRel);
-        if self.shared.parked.swap(false, Ordering::AcqRel) {
+        // SeqCst on both sides (here and in the ticker's park): each side
+        // writes one flag and then reads the other's, a store-then-load that
+        // Release/Acquire would let reorder, leaving the ticker parked while
+        // this evaluation runs without a deadline.
+        self.shared.running.fetch_add(1, Ordering::SeqCst);
+        if self.shared.parked.swap(false, Ordering::SeqCst) {
             self.thread.unpark();
         }
         RunningGuard(&self.shared)
@@ -432,6 +558,15 @@ impl TickerHandle {
 }
 
 struct RunningGuard<'a>(&'a TickerShared);
+
+/// Counts one waiter in a policy's queue while it lives.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
 
 impl Drop for RunningGuard<'_> {
     fn drop(&mut self) {
@@ -449,13 +584,14 @@ impl EpochTicker {
                 if state.running.load(Ordering::Acquire) > 0 {
                     last_busy = Instant::now();
                 } else if last_busy.elapsed() > TICKER_LINGER {
-                    state.parked.store(true, Ordering::Release);
+                    state.parked.store(true, Ordering::SeqCst);
                     // Re-check after announcing: an evaluation that started in
-                    // between either sees `parked` and unparks us, or is seen here.
-                    if state.running.load(Ordering::Acquire) == 0 {
+                    // between either sees `parked` and unparks us, or is seen
+                    // here (SeqCst: see `TickerHandle::running`).
+                    if state.running.load(Ordering::SeqCst) == 0 {
                         std::thread::park_timeout(Duration::from_secs(1));
                     }
-                    state.parked.store(false, Ordering::Release);
+                    state.parked.store(false, Ordering::SeqCst);
                     continue;
                 }
                 std::thread::sleep(EPOCH_TICK);

@@ -294,3 +294,74 @@ async fn many_loops_at_once_all_time_out() {
     }
     assert!(started.elapsed() < Duration::from_millis(HOSTILE_TIMEOUT_MS) + SLACK, "{:?}", started.elapsed());
 }
+
+/// The ticker parks when no evaluation has run for a while; an evaluation
+/// that starts then must wake it, or a looping guest runs with no deadline
+/// (the ticker would sleep up to a second). Several rounds, each from parked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parked_ticker_still_stops_a_looping_guest_on_time() {
+    let rt = runtime();
+    let set = load_ok(&rt, &[entry("loop", &guest("loop_forever"), "timeoutMs: 50")]).await;
+    for round in 0..3 {
+        let waited = Instant::now();
+        while !rt.ticker_parked() {
+            assert!(waited.elapsed() < Duration::from_secs(5), "round {round}: the idle ticker never parked");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let started = Instant::now();
+        let result = get(&set, "loop").evaluate(&request()).await;
+        let elapsed = started.elapsed();
+        assert_eq!(result, Err(EvalError::Timeout(50)), "round {round}");
+        assert!(elapsed < Duration::from_millis(50) + SLACK, "round {round}: stopped after {elapsed:?}");
+    }
+}
+
+/// Bulkheads: a looping policy fills only its own slots and queue; its
+/// excess is refused at once (busy, answered by its own failurePolicy),
+/// while another policy on the same runtime keeps answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_policy_fills_only_its_own_slots() {
+    let rt = runtime();
+    let set = Arc::new(
+        load_ok(
+            &rt,
+            &[
+                entry("allow-all", &guest("allow_all"), ""),
+                entry("loop", &guest("loop_forever"), "timeoutMs: 300\nmaxConcurrent: 2\nmaxQueued: 2"),
+            ],
+        )
+        .await,
+    );
+    let started = Instant::now();
+    let looping: Vec<_> = (0..10)
+        .map(|_| {
+            let set = set.clone();
+            tokio::spawn(async move {
+                let result = get(&set, "loop").evaluate(&request()).await;
+                (result, started.elapsed())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(get(&set, "loop").queued(), 2, "two wait for the two slots");
+    let good = get(&set, "allow-all");
+    for _ in 0..50 {
+        assert!(good.evaluate(&request()).await.is_ok_and(|v| v.allowed));
+    }
+    assert!(started.elapsed() < Duration::from_millis(300), "the healthy policy waited for the looping one");
+    let (mut refused, mut timed_out) = (0, 0);
+    for task in looping {
+        let (result, at) = task.await.unwrap_or_else(|e| panic!("{e}"));
+        match result {
+            Err(EvalError::QueueFull(2)) => {
+                refused += 1;
+                assert!(at < Duration::from_millis(50), "a refusal took {at:?}");
+            }
+            // Two run and time out; the two queued ones either get a slot
+            // just before their wait ends (and time out) or do not (busy).
+            Err(EvalError::Timeout(_) | EvalError::Busy(2)) => timed_out += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((refused, timed_out), (6, 4));
+}
