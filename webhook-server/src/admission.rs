@@ -21,6 +21,13 @@ pub const API_VERSION: &str = "admission.k8s.io/v1";
 /// The kind of object accepted.
 pub const KIND: &str = "AdmissionReview";
 
+/// Audit annotation (the API server prefixes the webhook's name) of a request
+/// an audit-mode policy would have denied; the value is the denial message.
+pub const AUDIT_WOULD_DENY: &str = "would-deny";
+/// Audit annotation of a request admitted unevaluated by failurePolicy
+/// Ignore; the value says why the evaluation failed.
+pub const AUDIT_NOT_EVALUATED: &str = "not-evaluated";
+
 /// Why a request body is not an acceptable AdmissionReview (HTTP 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -236,7 +243,12 @@ pub fn decide(
                     Mode::Audit => {
                         let mut warnings = warnings;
                         warnings.insert(0, format!("policy {name} (audit mode) would deny: {message}"));
-                        (with_warnings(base, warnings), None, "allowed", "audit")
+                        // Into the API server's audit log too, as
+                        // `<webhook name>/would-deny`: the record of what
+                        // enforcing the policy would have refused.
+                        let mut response = with_warnings(base, warnings);
+                        response.audit_annotations.insert(AUDIT_WOULD_DENY.into(), message);
+                        (response, None, "allowed", "audit")
                     }
                 }
             }
@@ -260,7 +272,9 @@ fn failed(policy: &Policy, request: &Request, error: EvalError) -> Decision {
         FailurePolicy::Ignore => {
             let warning =
                 format!("policy {name} could not evaluate the request (failurePolicy Ignore): the module {error}");
-            (with_warnings(base, vec![warning]), "allowed")
+            let mut response = with_warnings(base, vec![warning]);
+            response.audit_annotations.insert(AUDIT_NOT_EVALUATED.into(), format!("the module {error}"));
+            (response, "allowed")
         }
     };
     Decision { response, patch: None, verdict, outcome: "failure", failure: Some(error) }

@@ -4,13 +4,12 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::Config;
+use crate::config::{Budget, Config};
 use crate::context::ContextStore;
 use crate::context::watch::ContextSource;
 use crate::metrics::Metrics;
@@ -45,7 +44,7 @@ pub enum LogFormat {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Serve the policies of a config over HTTPS.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Evaluate one AdmissionReview file offline and print the response.
     Run(RunArgs),
     /// Load a config and its modules, validate everything, and exit.
@@ -74,21 +73,55 @@ pub struct ServeArgs {
     /// PEM CA bundle: when given, clients must present a certificate it signed.
     #[arg(long, requires = "tls_cert", env = "PORTCULLIS_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
-    /// How often to look for a changed certificate, config or module (seconds).
-    #[arg(long, default_value_t = 10.0, env = "PORTCULLIS_RELOAD_INTERVAL")]
+    /// How often to look for a changed certificate, config or module (seconds, 0.05–86400).
+    #[arg(long, default_value_t = 10.0, env = "PORTCULLIS_RELOAD_INTERVAL", value_parser = reload_interval)]
     pub reload_interval: f64,
     /// Largest request body accepted (bytes).
     #[arg(long, default_value_t = server::DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
-    /// Most policy instances alive at once; further requests wait for a slot.
+    /// Instances in the sandbox pool: every policy's `maxConcurrent` together
+    /// must fit (checked at load).
     #[arg(long, default_value_t = 128)]
     pub max_instances: u32,
+    /// Guest memory the policies may use at once, in MiB: the sum over
+    /// policies of `maxConcurrent` × `memoryLimitMiB` must fit (checked at
+    /// load). Set it below the container's memory limit; unset: unchecked.
+    #[arg(long, env = "PORTCULLIS_MEMORY_BUDGET_MIB")]
+    pub memory_budget_mib: Option<u64>,
     /// Directory for compiled modules, so restarts skip compilation.
     #[arg(long, env = "PORTCULLIS_MODULE_CACHE")]
     pub module_cache: Option<PathBuf>,
-    /// Seconds to let in-flight requests finish after SIGTERM.
+    /// Seconds to keep serving after SIGTERM while reporting not ready, so
+    /// that endpoints (and the API server) move to other pods first. A
+    /// second SIGTERM or Ctrl-C cuts it short.
+    #[arg(long, default_value_t = 5.0, value_parser = seconds)]
+    pub shutdown_delay: f64,
+    /// Seconds to let in-flight requests finish once the listener closes
+    /// (after the delay). Delay + grace must stay below the pod's
+    /// terminationGracePeriodSeconds.
     #[arg(long, default_value_t = 20)]
     pub shutdown_grace: u64,
+    /// Open connections at most; at the cap, new clients wait in the kernel's backlog.
+    #[arg(long, default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Admission requests in flight at most; more are answered 503 at once.
+    #[arg(long, default_value_t = 512)]
+    pub max_in_flight: usize,
+    /// MiB of request bodies held at once; a request that does not fit is answered 503.
+    #[arg(long, default_value_t = 128)]
+    pub max_buffered_mib: usize,
+    /// Seconds a client may take to send a request body.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    pub body_timeout: f64,
+    /// Seconds a client may take to send request headers (HTTP/1) or finish the TLS handshake.
+    #[arg(long, default_value_t = 10.0, value_parser = seconds)]
+    pub header_timeout: f64,
+    /// Seconds a connection may stay open with no request in flight.
+    #[arg(long, default_value_t = 90.0, value_parser = seconds)]
+    pub idle_timeout: f64,
+    /// Seconds between HTTP/2 keep-alive pings; a peer that does not answer within 10 s is dropped.
+    #[arg(long, default_value_t = 20.0, value_parser = seconds)]
+    pub http2_keepalive: f64,
     /// Worker threads (default: one per core).
     #[arg(long)]
     pub workers: Option<usize>,
@@ -121,6 +154,53 @@ pub struct RunArgs {
     pub context: Option<PathBuf>,
 }
 
+/// A number of seconds: finite, 0..=86400.
+fn seconds(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{text:?} is not a number of seconds: {e}"))?;
+    if !value.is_finite() || !(0.0..=86_400.0).contains(&value) {
+        return Err(format!("{text} is not a number of seconds between 0 and 86400"));
+    }
+    Ok(value)
+}
+
+/// A reload interval: finite, 0.05..=86400 seconds.
+fn reload_interval(text: &str) -> Result<f64, String> {
+    let value = seconds(text)?;
+    if value < 0.05 {
+        return Err(format!("{text} is below the shortest reload interval, 0.05 seconds"));
+    }
+    Ok(value)
+}
+
+impl ServeArgs {
+    /// What the listener allows its clients.
+    pub fn listener_limits(&self) -> server::ListenerLimits {
+        server::ListenerLimits {
+            max_connections: self.max_connections.max(1),
+            handshake_timeout: Duration::from_secs_f64(self.header_timeout),
+            header_timeout: Duration::from_secs_f64(self.header_timeout),
+            idle_timeout: Duration::from_secs_f64(self.idle_timeout),
+            keep_alive_interval: Duration::from_secs_f64(self.http2_keepalive),
+            ..server::ListenerLimits::default()
+        }
+    }
+
+    /// What admission requests may hold.
+    pub fn request_limits(&self) -> server::RequestLimits {
+        server::RequestLimits {
+            max_body_bytes: self.max_body_bytes,
+            max_in_flight: self.max_in_flight.max(1),
+            max_buffered_bytes: self.max_buffered_mib.saturating_mul(1 << 20).max(self.max_body_bytes),
+            body_timeout: Duration::from_secs_f64(self.body_timeout),
+        }
+    }
+
+    /// What the policies together may spend.
+    pub fn budget(&self) -> Budget {
+        Budget { max_instances: self.max_instances.max(1), memory_mib: self.memory_budget_mib }
+    }
+}
+
 /// Sets up logging on stderr; `RUST_LOG` filters (default `info`).
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -135,6 +215,7 @@ pub fn init_tracing(format: LogFormat) {
 /// Loads everything, binds, serves until SIGTERM or Ctrl-C, drains.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
+    config.check_budget(args.budget()).with_context(|| format!("config {}", args.config.display()))?;
     let runtime = Arc::new(Runtime::new(&RuntimeOptions {
         max_instances: args.max_instances,
         cache_dir: args.module_cache.clone(),
@@ -154,7 +235,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     let policies = PolicySet::load_with_context(&runtime, &config, &context).await?;
     tracing::info!(policies = %policies.names().join(", "), elapsed_ms = started.elapsed().as_millis() as u64, "policies loaded");
-    let interval = Duration::from_secs_f64(args.reload_interval.max(0.05));
+    let interval = Duration::from_secs_f64(args.reload_interval);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let store = Arc::new(CertificateStore::load(cert, key).with_context(|| "loading the serving certificate")?);
@@ -170,22 +251,22 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             None
         }
     };
-    let mut state = AppState::new(policies, metrics);
-    state.max_body_bytes = args.max_body_bytes;
+    let mut state = AppState::with_limits(policies, metrics, args.request_limits());
     state.context = context;
+    state.runtime = Some(runtime.clone());
+    state.require_client_cert = args.client_ca.is_some();
     let state = Arc::new(state);
-    tokio::spawn(ConfigWatcher::new(&args.config, runtime.clone(), state.clone(), watches).watch(interval));
+    let watcher = ConfigWatcher::new(&args.config, runtime.clone(), state.clone(), watches, args.budget()).await;
+    tokio::spawn(watcher.watch(interval));
 
     let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %listener.local_addr()?, "serving on {scheme}://{}", listener.local_addr()?);
-    let ready = state.clone();
-    let shutdown = async move {
-        shutdown_signal().await;
-        ready.ready.store(false, Ordering::Relaxed);
-        tracing::info!("shutting down: no new connections, finishing in-flight requests");
-    };
-    server::serve(listener, server::app(state), tls, shutdown, Duration::from_secs(args.shutdown_grace)).await;
+    let delay = Duration::from_secs_f64(args.shutdown_delay);
+    let shutdown = server::shutdown_sequence(state.clone(), shutdown_signal(), shutdown_signal(), delay);
+    let grace = Duration::from_secs(args.shutdown_grace);
+    server::serve(listener, server::app(state), tls, args.listener_limits(), shutdown, grace).await;
+    tracing::info!("stopped");
     Ok(())
 }
 

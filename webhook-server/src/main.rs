@@ -26,7 +26,7 @@ fn main() -> ExitCode {
     };
     runtime.block_on(async move {
         match cli.command {
-            Command::Serve(args) => report(cli::serve(args).await),
+            Command::Serve(args) => report(cli::serve(*args).await),
             Command::Check { config } => match cli::check(&config).await {
                 Ok(names) => {
                     println!("ok: {} valid ({})", config.display(), names.join(", "));

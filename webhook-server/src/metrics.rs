@@ -13,6 +13,13 @@ pub const LATENCY_BUCKETS: [f64; 18] = [
     10.0, 30.0,
 ];
 
+/// Every `cause` of [`FailureLabels`].
+pub const FAILURE_CAUSES: &[&str] =
+    &["timeout", "memory", "stack_overflow", "trap", "output", "guest_error", "busy", "abi"];
+
+/// Every `result` of [`LookupLabels`].
+pub const LOOKUP_RESULTS: &[&str] = &["ok", "refused", "invalid", "unsynced", "too_large"];
+
 /// Labels of the request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -43,7 +50,8 @@ pub struct FailureLabels {
 /// Labels of the rejected-request counter.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RejectionLabels {
-    /// `bad_request`, `unknown_policy`, `wrong_endpoint` or `too_large`.
+    /// `bad_request`, `unknown_policy`, `wrong_endpoint`, `too_large`,
+    /// `body_timeout`, `body_error`, `overloaded` or `unauthenticated`.
     pub reason: String,
 }
 
@@ -191,6 +199,28 @@ impl Metrics {
     /// Counts a lookup.
     pub fn lookup(&self, policy: &str, result: &str) {
         self.lookups.get_or_create(&LookupLabels { policy: policy.into(), result: result.into() }).inc();
+    }
+
+    /// Drops every series of a policy that is no longer served, so a removed
+    /// (or renamed) policy does not stay on dashboards forever.
+    pub fn forget_policy(&self, policy: &str) {
+        let policy = policy.to_owned();
+        for verdict in ["allowed", "denied"] {
+            for outcome in ["policy", "audit", "failure"] {
+                self.requests.remove(&RequestLabels {
+                    policy: policy.clone(),
+                    verdict: verdict.into(),
+                    outcome: outcome.into(),
+                });
+            }
+        }
+        self.duration.remove(&PolicyLabels { policy: policy.clone() });
+        for cause in FAILURE_CAUSES {
+            self.failures.remove(&FailureLabels { policy: policy.clone(), cause: (*cause).into() });
+        }
+        for result in LOOKUP_RESULTS {
+            self.lookups.remove(&LookupLabels { policy: policy.clone(), result: (*result).into() });
+        }
     }
 
     /// Prometheus text exposition.

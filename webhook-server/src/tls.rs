@@ -148,7 +148,8 @@ impl ResolvesServerCert for CertificateStore {
 }
 
 /// Builds the server config: TLS 1.2 and 1.3, ALPN h2 and http/1.1, the
-/// reloading certificate, and client-certificate verification when a CA is given.
+/// reloading certificate, and client-certificate verification when a CA is
+/// given (optional at the handshake; the admission routes require it).
 pub fn server_config(certs: Arc<CertificateStore>, client_ca: Option<&Path>) -> Result<ServerConfig> {
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
@@ -160,7 +161,12 @@ pub fn server_config(certs: Arc<CertificateStore>, client_ca: Option<&Path>) -> 
                 let cert = cert.map_err(|e| Error::Pem { path: path.to_owned(), reason: e.to_string() })?;
                 roots.add(cert)?;
             }
+            // The handshake accepts clients without a certificate so that the
+            // kubelet's probes and Prometheus reach /healthz, /readyz and
+            // /metrics; the admission routes refuse them (`require_client_cert`).
+            // A certificate that is presented must verify.
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                .allow_unauthenticated()
                 .build()
                 .map_err(|e| Error::Pem { path: path.to_owned(), reason: e.to_string() })?;
             builder.with_client_cert_verifier(verifier)

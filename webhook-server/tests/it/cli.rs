@@ -268,3 +268,108 @@ fn check_validates_a_good_config() {
         assert!(stdout(&out).contains(policy), "{policy} not in {}", stdout(&out));
     }
 }
+
+#[test]
+fn budgets_and_bad_durations_are_refused_at_start() {
+    let yaml = format!(
+        "policies:\n{}{}",
+        entry("a", &guest("allow_all"), "maxConcurrent: 8\nmemoryLimitMiB: 64"),
+        entry("b", &guest("allow_all"), "maxConcurrent: 4\nmemoryLimitMiB: 32")
+    );
+    let config = TempConfig::new(&yaml);
+    let path = config.path.to_string_lossy().into_owned();
+    let out = server(&["serve", "--config", &path, "--addr", "127.0.0.1:0", "--memory-budget-mib", "512"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("640 MiB of guest memory") && stderr(&out).contains("a 8 × 64 MiB + b 4 × 32 MiB"),
+        "{}",
+        stderr(&out)
+    );
+    let out = server(&["serve", "--config", &path, "--addr", "127.0.0.1:0", "--max-instances", "10"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("12 evaluations at once"), "{}", stderr(&out));
+    // Was a panic (Duration::from_secs_f64(inf)); now a usage error naming the value.
+    for bad in ["inf", "NaN", "-1", "0"] {
+        let out = server(&["serve", "--config", &path, &format!("--reload-interval={bad}")]);
+        assert_eq!(out.status.code(), Some(2), "--reload-interval {bad}: {}", stderr(&out));
+        assert!(stderr(&out).contains("--reload-interval") && !stderr(&out).contains("panicked"), "{}", stderr(&out));
+    }
+}
+
+/// A rollout, as the pod sees it: on SIGTERM the server reports not ready
+/// but keeps answering through `--shutdown-delay` (while endpoints move),
+/// then closes its listener, finishes the request in flight, and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_keeps_serving_through_the_delay_then_drains() {
+    use std::time::{Duration, Instant};
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let config = TempConfig::new(&format!(
+        "policies:\n{}{}",
+        entry("allow-all", &guest("allow_all"), ""),
+        entry("slow", &guest("loop_forever"), "timeoutMs: 1500")
+    ));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_webhook-server"))
+        .args(["serve", "--config"])
+        .arg(&config.path)
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--shutdown-delay", "1.5", "--shutdown-grace", "5"])
+        .env("RUST_LOG", "error")
+        .spawn()
+        .unwrap_or_else(|e| panic!("{e}"));
+    // A new connection per request, as after an endpoint change.
+    let client = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap_or_else(|e| panic!("{e}"));
+    let base = format!("http://127.0.0.1:{port}");
+    let body = fixture_text(&workspace().join("webhook-server/tests/fixtures/pod-create.json"));
+    let status = |path: &'static str| {
+        let (client, base) = (client.clone(), base.clone());
+        async move { client.get(format!("{base}{path}")).send().await.map(|r| r.status().as_u16()) }
+    };
+    let admit = |policy: &'static str| {
+        let (client, base, body) = (client.clone(), base.clone(), body.clone());
+        async move {
+            let r = client.post(format!("{base}/validate/{policy}")).body(body).send().await?;
+            r.json::<serde_json::Value>().await
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status("/readyz").await.ok() != Some(200) {
+        assert!(Instant::now() < deadline && child.try_wait().ok().flatten().is_none(), "serve did not get ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let signalled = Instant::now();
+    let kill = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    assert!(kill.is_ok_and(|s| s.success()), "kill -TERM failed");
+    while status("/readyz").await.ok() != Some(503) {
+        assert!(signalled.elapsed() < Duration::from_secs(1), "still ready after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Not ready, but serving: the API server may still send here.
+    let mut answered = 0;
+    while signalled.elapsed() < Duration::from_millis(1100) {
+        let review = admit("allow-all").await.unwrap_or_else(|e| panic!("refused during the delay: {e}"));
+        assert_eq!(review["response"]["allowed"], true, "{review}");
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered >= 5, "{answered}");
+    // In flight when the listener closes (at 1.5 s): still answered, at its deadline.
+    let in_flight = tokio::spawn(admit("slow"));
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert!(signalled.elapsed() > Duration::from_millis(1600));
+    assert!(admit("allow-all").await.is_err(), "a new connection was accepted after the delay");
+    let review =
+        in_flight.await.unwrap_or_else(|e| panic!("{e}")).unwrap_or_else(|e| panic!("in-flight request lost: {e}"));
+    let message = review["response"]["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("deadline"), "{review}");
+    let exit = loop {
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break status;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(8), "still running after delay + grace");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "exit status {exit}");
+}

@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod context_cluster;
 mod guests;
+mod listener;
 mod policies;
 mod reload;
 mod router;

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use webhook_server::config::Budget;
 use webhook_server::context::watch::ContextSource;
 use webhook_server::metrics::Metrics;
 use webhook_server::reload::ConfigWatcher;
@@ -30,7 +31,8 @@ async fn config_changes_are_swapped_in_and_bad_ones_refused() {
     ));
     // No policy is granted context: the watches never connect to a cluster.
     let watches = Arc::new(ContextSource::new(None, state.context.clone()));
-    let mut watcher = ConfigWatcher::new(&config.path, rt.clone(), state.clone(), watches);
+    let budget = Budget { max_instances: 32, memory_mib: None };
+    let mut watcher = ConfigWatcher::new(&config.path, rt.clone(), state.clone(), watches, budget).await;
     assert!(allowed(&state, "gate").await);
     assert!(!watcher.reload(false).await.unwrap_or_else(|e| panic!("{e:#}")), "nothing changed");
 
@@ -68,4 +70,39 @@ async fn config_changes_are_swapped_in_and_bad_ones_refused() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(watcher.reload(true).await.unwrap_or_else(|e| panic!("{e:#}")));
     assert!(allowed(&state, "gate").await);
+}
+
+/// A policy removed by a reload takes its metric series with it; the
+/// policies still served keep theirs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_policy_leaves_no_metric_series_behind() {
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    let rt = runtime();
+    let entries = [entry("gate", &guest("allow_all"), ""), entry("old", &guest("trap"), "")];
+    let config = TempConfig::new(&format!("policies:\n{}", entries.concat()));
+    let state = Arc::new(AppState::new(load_ok(&rt, &entries).await, Arc::new(Metrics::new())));
+    let watches = Arc::new(ContextSource::new(None, state.context.clone()));
+    let budget = Budget { max_instances: 32, memory_mib: None };
+    let mut watcher = ConfigWatcher::new(&config.path, rt.clone(), state.clone(), watches, budget).await;
+    for policy in ["gate", "old"] {
+        let request = axum::http::Request::post(format!("/validate/{policy}"))
+            .body(Body::from(fixture("webhook-server/tests/fixtures/pod-create.json")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let response = webhook_server::server::app(state.clone()).oneshot(request).await.unwrap_or_else(|e| match e {});
+        assert!(response.status().is_success());
+    }
+    let before = state.metrics.encode();
+    assert!(before.contains(r#"policy="old""#) && before.contains(r#"cause="trap""#), "{before}");
+
+    std::fs::write(&config.path, format!("policies:\n{}", entry("gate", &guest("allow_all"), "")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(watcher.reload(false).await.unwrap_or_else(|e| panic!("{e:#}")));
+    let after = state.metrics.encode();
+    assert!(!after.contains(r#"policy="old""#), "{after}");
+    assert!(
+        after.contains(r#"portcullis_admission_requests_total{policy="gate",verdict="allowed",outcome="policy"} 1"#),
+        "{after}"
+    );
 }

@@ -9,7 +9,7 @@ use base64::Engine as _;
 use tower::ServiceExt as _;
 use webhook_server::context::{ContextStore, Kind};
 use webhook_server::metrics::Metrics;
-use webhook_server::server::{AppState, app};
+use webhook_server::server::{AppState, ClientCertificate, RequestLimits, app};
 
 use crate::common::{entry, fixture, guest, load_ok, policy_module, runtime};
 
@@ -133,6 +133,10 @@ async fn guest_failure_follows_failure_policy() {
     assert_eq!(open["allowed"], true);
     let warning = open["warnings"][0].as_str().unwrap_or_default();
     assert!(warning.contains("failurePolicy Ignore") && warning.contains("trapped"), "{warning}");
+    // Admitted unevaluated: the API server's audit log says so too.
+    let note = open["auditAnnotations"]["not-evaluated"].as_str().unwrap_or_default();
+    assert!(note.contains("trapped"), "{open}");
+    assert!(closed.get("auditAnnotations").is_none_or(|a| a.as_object().is_some_and(|m| m.is_empty())), "{closed}");
 }
 
 #[tokio::test]
@@ -142,6 +146,108 @@ async fn audit_mode_admits_with_a_warning() {
     assert_eq!(response["allowed"], true);
     let warning = response["warnings"][0].as_str().unwrap_or_default();
     assert!(warning.contains("audit mode") && warning.contains("deny-all denies every Pod"), "{warning}");
+    // The would-be denial reaches the audit log (the API server prefixes the webhook's name).
+    let note = response["auditAnnotations"]["would-deny"].as_str().unwrap_or_default();
+    assert!(note.contains("deny-all denies every Pod"), "{response}");
+}
+
+/// The API server appends `?timeout=` (the webhook's timeoutSeconds) to
+/// every call: a policy whose own timeout is longer still answers in time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_servers_timeout_bounds_the_evaluation() {
+    let rt = runtime();
+    let set = load_ok(&rt, &[entry("loop", &guest("loop_forever"), "timeoutMs: 5000")]).await;
+    let s = Arc::new(AppState::new(set, Arc::new(Metrics::new())));
+    let started = std::time::Instant::now();
+    let reply = post(&s, "/validate/loop?timeout=1s", &format!("{FIXTURES}/pod-create.json")).await;
+    let elapsed = started.elapsed();
+    let response = reply.response();
+    assert_eq!(response["allowed"], false, "{response}");
+    let message = response["status"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("deadline"), "{message}");
+    assert!(
+        elapsed >= std::time::Duration::from_millis(800) && elapsed < std::time::Duration::from_millis(1000),
+        "answered after {elapsed:?}: the API server gives up at 1 s"
+    );
+}
+
+/// With `--client-ca`, the admission routes answer only clients that showed
+/// a certificate; the kubelet's probes and Prometheus need none.
+#[tokio::test]
+async fn client_certificates_are_required_on_admission_routes_only() {
+    let rt = runtime();
+    let set = load_ok(&rt, &[entry("allow-all", &guest("allow_all"), "")]).await;
+    let mut state = AppState::new(set, Arc::new(Metrics::new()));
+    state.require_client_cert = true;
+    let s = Arc::new(state);
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(call(&s, "GET", path, "").await.status, StatusCode::OK, "{path}");
+    }
+    let refused = post(&s, "/validate/allow-all", &format!("{FIXTURES}/pod-create.json")).await;
+    assert_eq!(refused.status, StatusCode::UNAUTHORIZED, "{}", refused.body);
+    assert!(refused.body.contains("client certificate"), "{}", refused.body);
+
+    let request = Request::builder()
+        .method("POST")
+        .uri("/validate/allow-all")
+        .extension(ClientCertificate(true))
+        .body(Body::from(fixture(&format!("{FIXTURES}/pod-create.json"))))
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    let response = app(s.clone()).oneshot(request).await.unwrap_or_else(|e| match e {});
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// `/healthz` fails once the ticker that enforces deadlines is gone, so the
+/// kubelet restarts a server that could no longer stop a looping guest.
+#[tokio::test]
+async fn liveness_checks_the_deadline_ticker() {
+    let rt = runtime();
+    let set = load_ok(&rt, &[entry("allow-all", &guest("allow_all"), "")]).await;
+    let mut state = AppState::new(set, Arc::new(Metrics::new()));
+    state.runtime = Some(rt.clone());
+    let s = Arc::new(state);
+    assert_eq!(call(&s, "GET", "/healthz", "").await.status, StatusCode::OK);
+    rt.stop_ticker();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while rt.ticking() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let reply = call(&s, "GET", "/healthz", "").await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{}", reply.body);
+    assert!(reply.body.contains("ticker"), "{}", reply.body);
+}
+
+/// Over the server-wide limits, a request is answered 503 at once (and the
+/// API server applies the webhook's failurePolicy) instead of piling up.
+#[tokio::test]
+async fn requests_over_the_server_limits_are_shed() {
+    let rt = runtime();
+    let set = load_ok(&rt, &[entry("allow-all", &guest("allow_all"), "")]).await;
+    let pod = format!("{FIXTURES}/pod-create.json");
+    // A body budget smaller than one declared body.
+    let limits = RequestLimits { max_buffered_bytes: 4096, ..RequestLimits::default() };
+    let s = Arc::new(AppState::with_limits(set, Arc::new(Metrics::new()), limits));
+    let request = Request::builder()
+        .method("POST")
+        .uri("/validate/allow-all")
+        .header("content-length", "8192")
+        .body(Body::from(vec![b' '; 8192]))
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    let response = app(s.clone()).oneshot(request).await.unwrap_or_else(|e| match e {});
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(response.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    // A small one still fits.
+    let body = fixture(&pod);
+    let request = Request::builder()
+        .method("POST")
+        .uri("/validate/allow-all")
+        .header("content-length", body.len())
+        .body(Body::from(body))
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    let response = app(s.clone()).oneshot(request).await.unwrap_or_else(|e| match e {});
+    assert_eq!(response.status(), StatusCode::OK);
+    let metrics = call(&s, "GET", "/metrics", "").await.body;
+    assert!(metrics.contains(r#"portcullis_http_rejections_total{reason="overloaded"} 1"#), "{metrics}");
 }
 
 #[tokio::test]
@@ -182,9 +288,8 @@ async fn unknown_policy_and_wrong_endpoint_are_404() {
 async fn oversized_body_is_refused() {
     let rt = runtime();
     let set = load_ok(&rt, &[entry("allow-all", &guest("allow_all"), "")]).await;
-    let mut state = AppState::new(set, Arc::new(Metrics::new()));
-    state.max_body_bytes = 64 << 10;
-    let s = Arc::new(state);
+    let limits = RequestLimits { max_body_bytes: 64 << 10, ..RequestLimits::default() };
+    let s = Arc::new(AppState::with_limits(set, Arc::new(Metrics::new()), limits));
     let reply = call(&s, "POST", "/validate/allow-all", vec![b' '; 65 << 10]).await;
     assert_eq!(reply.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", reply.body);
     assert!(reply.body.contains("over 65536 bytes"), "{}", reply.body);

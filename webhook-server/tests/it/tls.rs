@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use tokio::sync::oneshot;
 use webhook_server::metrics::Metrics;
-use webhook_server::server::{AppState, app, serve};
+use webhook_server::server::{AppState, ListenerLimits, app, serve};
 use webhook_server::tls::{self, CertificateStore};
 
 use crate::common::{entry, fixture, load_ok, policy_module, runtime};
@@ -69,6 +69,7 @@ async fn start(dir: &Path, reload: Duration) -> Server {
         listener,
         app(state),
         Some(acceptor),
+        ListenerLimits::default(),
         async {
             let _ = stopped.await;
         },
