@@ -414,12 +414,15 @@ fn check_chart(
         rendered.push(file);
     }
     // Values the chart must refuse (values.schema.json and its required checks).
-    let refused: [(&[&str], &str); 5] = [
+    let refused: [(&[&str], &str); 8] = [
         (&["--set", "policies.ingress-tls.failurePolicy=Maybe"], "value must be one of 'Fail', 'Ignore'"),
         (&["--set", "policies.Bad_Name.module=x.wasm"], "does not match pattern"),
         (&["--set", "replicas=3"], "additional properties 'replicas' not allowed"),
         (&["--set", "webhook.url=https://127.0.0.1:8443"], "webhook.caBundle is required with webhook.url"),
         (&["--set", "certificates.mode=existing"], "is required when certificates.mode is existing"),
+        (&["--set", "policies.ingress-tls.timeoutMs=3000"], "must be below its webhook's timeoutSeconds (3 s)"),
+        (&["--set", "server.shutdownDelaySeconds=15"], "must be below terminationGracePeriodSeconds"),
+        (&["--set", "policies.ingress-tls.maxConcurrent=8"], "over the 384 MiB budget"),
     ];
     for (args, expected) in refused {
         let mut cmd = helm.cmd(&no_cluster);

@@ -152,7 +152,12 @@ caBundle: {{ include "portcullis.givenCABundle" $root }}
   sideEffects: None
   failurePolicy: {{ $w.failurePolicy | default $p.failurePolicy | default "Fail" }}
   matchPolicy: {{ $w.matchPolicy | default "Equivalent" }}
-  timeoutSeconds: {{ $w.timeoutSeconds | default $v.webhook.timeoutSeconds }}
+  {{- $timeoutSeconds := $w.timeoutSeconds | default $v.webhook.timeoutSeconds | default (ternary 2 3 (eq $kind "mutate")) }}
+  {{- $timeoutMs := $p.timeoutMs | default 1000 }}
+  {{- if ge (int $timeoutMs) (mul (int $timeoutSeconds) 1000 | int) }}
+  {{- fail (printf "policies.%s.timeoutMs (%d) must be below its webhook's timeoutSeconds (%d s): the API server gives up before the policy's deadline" $name (int $timeoutMs) (int $timeoutSeconds)) }}
+  {{- end }}
+  timeoutSeconds: {{ $timeoutSeconds }}
   {{- if eq $kind "mutate" }}
   reinvocationPolicy: {{ $w.reinvocationPolicy | default "IfNeeded" }}
   {{- end }}
@@ -221,5 +226,41 @@ no policy looks anything up.
 {{- printf "%sies" (trimSuffix "y" $k) }}
 {{- else }}
 {{- printf "%ss" $k }}
+{{- end }}
+{{- end }}
+
+{{/*
+Mebibytes in a Kubernetes memory quantity (Ki, Mi, Gi, Ti, k, M, G, or bytes).
+*/}}
+{{- define "portcullis.mebibytes" -}}
+{{- $q := toString . }}
+{{- if hasSuffix "Ti" $q }}{{ mul (trimSuffix "Ti" $q | int64) 1048576 }}
+{{- else if hasSuffix "Gi" $q }}{{ mul (trimSuffix "Gi" $q | int64) 1024 }}
+{{- else if hasSuffix "Mi" $q }}{{ trimSuffix "Mi" $q | int64 }}
+{{- else if hasSuffix "Ki" $q }}{{ div (trimSuffix "Ki" $q | int64) 1024 }}
+{{- else if hasSuffix "G" $q }}{{ div (mul (trimSuffix "G" $q | int64) 1000000000) 1048576 }}
+{{- else if hasSuffix "M" $q }}{{ div (mul (trimSuffix "M" $q | int64) 1000000) 1048576 }}
+{{- else if hasSuffix "k" $q }}{{ div (mul (trimSuffix "k" $q | int64) 1000) 1048576 }}
+{{- else if regexMatch "^[0-9]+$" $q }}{{ div ($q | int64) 1048576 }}
+{{- else }}{{ fail (printf "resources.limits.memory %q: give it in Ki, Mi, Gi, Ti, k, M, G or bytes" $q) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The guest-memory budget in MiB: server.memoryBudgetMiB, else the container's
+memory limit less the server's own overhead and its request buffers; empty
+when neither is set (the server then does not check).
+*/}}
+{{- define "portcullis.memoryBudgetMiB" -}}
+{{- $s := .Values.server }}
+{{- if $s.memoryBudgetMiB }}
+{{- $s.memoryBudgetMiB | int64 }}
+{{- else if and .Values.resources .Values.resources.limits .Values.resources.limits.memory }}
+{{- $limit := include "portcullis.mebibytes" .Values.resources.limits.memory | int64 }}
+{{- $budget := sub $limit (add $s.memoryOverheadMiB $s.maxBufferedMiB) }}
+{{- if le (int64 $budget) 0 }}
+{{- fail (printf "resources.limits.memory (%d MiB) leaves nothing for policies after server.memoryOverheadMiB + server.maxBufferedMiB" $limit) }}
+{{- end }}
+{{- $budget }}
 {{- end }}
 {{- end }}
