@@ -1,4 +1,4 @@
-//! Hostile: never returns. The host's CPU deadline must stop it.
+//! Hostile: never returns. The host's deadline must stop it.
 use portcullis_sdk::{NoSettings, Request, Verdict};
 
 fn validate(_: &Request, _: &NoSettings) -> Verdict {
