@@ -8,10 +8,12 @@
 //! - `test`: the whole suite (fmt, clippy, unit, wasm integration, HTTP, e2e).
 //! - `e2e`: the end-to-end suite on a local kube-apiserver (see `e2e/README.md`).
 //! - `bench`: the benchmarks recorded in `docs/benchmarks.md`.
+//! - `image`: the webhook-server image as an OCI image tar, without Docker.
 
 mod bench;
 mod certs;
 mod e2e;
+mod image;
 mod wasm;
 
 use std::io::{BufRead as _, BufReader};
@@ -52,6 +54,9 @@ enum Task {
     E2e(e2e::Options),
     /// Measure evaluation latency, HTTPS throughput, start-up time and memory.
     Bench,
+    /// Write the webhook-server image (release binary, built-in policies) as an
+    /// OCI image tar, without Docker: `ctr images import` / `docker load` it.
+    Image(image::Options),
     /// Write a development CA and serving certificate for the given hosts.
     DevCert {
         /// Output directory.
@@ -75,6 +80,7 @@ fn main() -> anyhow::Result<()> {
         Task::Test { no_e2e } => test(&root, no_e2e)?,
         Task::Bench => bench::bench(&root)?,
         Task::E2e(options) => e2e::run(&root, &options)?,
+        Task::Image(options) => image::run(&root, &options)?,
         Task::DevCert { out, host } => {
             let paths = certs::write_dev_certs(&out, &host)?;
             println!("wrote {} (CA), {} and {}", paths.ca.display(), paths.cert.display(), paths.key.display());
