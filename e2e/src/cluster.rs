@@ -270,6 +270,22 @@ impl Cluster {
         Ok(list.items.into_iter().filter_map(|o| o.metadata.name).collect())
     }
 
+    /// The objects of a kind in one namespace matching a label selector.
+    pub async fn list_in(&self, api_version: &str, kind: &str, namespace: &str, selector: &str) -> Result<Vec<Value>> {
+        let probe = serde_json::json!({"apiVersion": api_version, "kind": kind});
+        let (resource, _) = self.resolve(&probe).await?;
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let list = api
+            .list(&kube::api::ListParams::default().labels(selector))
+            .await
+            .map_err(|e| Error::Api("listing objects", e))?;
+        let mut objects = Vec::with_capacity(list.items.len());
+        for object in list.items {
+            objects.push(serde_json::to_value(object).map_err(|e| Error::Json("encoding an object", e))?);
+        }
+        Ok(objects)
+    }
+
     /// Sends the request under test as raw HTTP: `verb` of `object`, optionally
     /// as a dry run, and returns the answer whatever its status.
     pub async fn send(&self, verb: Verb, object: &Value, default_ns: &str, dry_run: bool) -> Result<Response> {

@@ -25,6 +25,7 @@
 //! Scratch files, logs and the kubeconfig are in `target/e2e/run-<pid>/`.
 
 mod gobuild;
+mod node;
 mod pki;
 mod process;
 
@@ -45,12 +46,26 @@ const NAMESPACE: &str = "portcullis-system";
 /// Options of `cargo xtask e2e`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// Only build the cached Go binaries (kube-apiserver, etcd, helm) and exit.
+    /// Only build the cached Go binaries (kube-apiserver, etcd, helm; and the
+    /// node's with `--backend node`) and exit.
     #[arg(long)]
     pub build_only: bool,
+    /// `local`: the API server calls webhook-server running as a local
+    /// process. `node`: a real node (containerd, kubelet) runs the chart's pods.
+    #[arg(long, value_enum, default_value_t = Backend::Local)]
+    pub backend: Backend,
     /// Arguments passed to the case runner after `--ignored` (e.g. a test name filter).
     #[arg(last = true)]
     pub test_args: Vec<String>,
+}
+
+/// Which cluster the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Backend {
+    /// kube-apiserver and etcd; webhook-server as a local process.
+    Local,
+    /// Also controller-manager, scheduler, containerd and a kubelet: the chart's pods run.
+    Node,
 }
 
 /// Where the Go binaries and their build modules are cached.
@@ -63,6 +78,15 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     let mut timer = Timer::new();
     let bins = gobuild::ensure(&cache_dir(root))?;
     timer.step("Go binaries (kube-apiserver, etcd, helm)");
+    if options.backend == Backend::Node {
+        let progs = gobuild::ensure_node(&cache_dir(root), &root.join("e2e/node/pause"))?;
+        timer.step("Go binaries of the node (controller-manager, scheduler, kubelet, pause)");
+        if !options.build_only {
+            let outcome = node::run(root, options, &bins, &progs, &mut timer);
+            timer.print();
+            return outcome;
+        }
+    }
     if options.build_only {
         timer.print();
         return Ok(());
@@ -97,7 +121,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     timer.step("chart lint, template and policy config check");
 
     // The API server.
-    let pki = pki::generate(&work.join("pki"))?;
+    let pki = pki::generate(&work.join("pki"), &[])?;
     let etcd_port = free_port()?;
     let etcd_peer_port = free_port()?;
     let apiserver_port = free_port()?;

@@ -183,8 +183,11 @@ fn test(root: &Path, no_e2e: bool) -> anyhow::Result<()> {
     )?;
     run_tests(cargo().args(["test", "--workspace", "--doc"]))?;
     run_cmd(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
-    let result =
-        if no_e2e { Ok(()) } else { e2e::run(root, &e2e::Options { build_only: false, test_args: Vec::new() }) };
+    let result = if no_e2e {
+        Ok(())
+    } else {
+        e2e::run(root, &e2e::Options { build_only: false, backend: e2e::Backend::Local, test_args: Vec::new() })
+    };
     let (passed, failed) = (PASSED.load(Ordering::Relaxed), FAILED.load(Ordering::Relaxed));
     println!();
     println!("xtask test: {passed} passed, {failed} failed");

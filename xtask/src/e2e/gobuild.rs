@@ -29,6 +29,12 @@ pub const KUBERNETES_VERSION: &str = "v1.37.2";
 pub const ETCD_VERSION: &str = "v3.7.3";
 /// helm (v3: the CLI the chart's users run).
 pub const HELM_VERSION: &str = "v3.22.0";
+/// The kubelet of the node backend. Not the API server's version: SIG Node
+/// made 1.35 the last release that supports containerd 1.x, and this
+/// machine's containerd is Debian 12's 1.6, so 1.35 is the newest kubelet
+/// for it (with `failCgroupV1: false`, the VM's cgroups being v1). Three
+/// minors below the API server is within the supported version skew.
+pub const KUBELET_VERSION: &str = "v1.35.4";
 
 /// The paths of the built programs.
 #[derive(Debug, Clone)]
@@ -36,6 +42,16 @@ pub struct Binaries {
     pub kube_apiserver: PathBuf,
     pub etcd: PathBuf,
     pub helm: PathBuf,
+}
+
+/// The node backend's programs, besides [`Binaries`].
+#[derive(Debug, Clone)]
+pub struct NodeBinaries {
+    pub kube_controller_manager: PathBuf,
+    pub kube_scheduler: PathBuf,
+    pub kubelet: PathBuf,
+    /// The pause container's program (static).
+    pub pause: PathBuf,
 }
 
 struct Program {
@@ -58,6 +74,24 @@ const ETCD: Program = Program {
     version: ETCD_VERSION,
     package: "go.etcd.io/etcd/server/v3",
 };
+const KUBE_CONTROLLER_MANAGER: Program = Program {
+    name: "kube-controller-manager",
+    module: "k8s.io/kubernetes",
+    version: KUBERNETES_VERSION,
+    package: "k8s.io/kubernetes/cmd/kube-controller-manager",
+};
+const KUBE_SCHEDULER: Program = Program {
+    name: "kube-scheduler",
+    module: "k8s.io/kubernetes",
+    version: KUBERNETES_VERSION,
+    package: "k8s.io/kubernetes/cmd/kube-scheduler",
+};
+const KUBELET: Program = Program {
+    name: "kubelet",
+    module: "k8s.io/kubernetes",
+    version: KUBELET_VERSION,
+    package: "k8s.io/kubernetes/cmd/kubelet",
+};
 const HELM: Program =
     Program { name: "helm", module: "helm.sh/helm/v3", version: HELM_VERSION, package: "helm.sh/helm/v3/cmd/helm" };
 
@@ -69,6 +103,38 @@ pub fn ensure(cache: &Path) -> anyhow::Result<Binaries> {
         etcd: ensure_one(&go, cache, &ETCD)?,
         helm: ensure_one(&go, cache, &HELM)?,
     })
+}
+
+/// Builds whatever the node backend needs that is missing from `cache/bin`.
+/// `pause_src` is the directory of the pause program (a main package of the
+/// standard library only).
+pub fn ensure_node(cache: &Path, pause_src: &Path) -> anyhow::Result<NodeBinaries> {
+    let go = find_go()?;
+    Ok(NodeBinaries {
+        kube_controller_manager: ensure_one(&go, cache, &KUBE_CONTROLLER_MANAGER)?,
+        kube_scheduler: ensure_one(&go, cache, &KUBE_SCHEDULER)?,
+        kubelet: ensure_one(&go, cache, &KUBELET)?,
+        pause: ensure_pause(&go, cache, pause_src)?,
+    })
+}
+
+/// The pause program, static (`CGO_ENABLED=0`), rebuilt when its source changes.
+fn ensure_pause(go: &Path, cache: &Path, src: &Path) -> anyhow::Result<PathBuf> {
+    let source = std::fs::read(src.join("main.go")).with_context(|| format!("reading {}", src.display()))?;
+    let tag: String = format!("{:016x}", fnv(&source)).chars().take(12).collect();
+    let bin = cache.join("bin").join(format!("pause-{tag}"));
+    if bin.is_file() {
+        return Ok(bin);
+    }
+    std::fs::create_dir_all(cache.join("bin"))?;
+    let tmp = cache.join("bin").join(format!(".pause.tmp{}", std::process::id()));
+    run_cmd(go_cmd(go, src).args(["build", "-trimpath", "-ldflags", "-s -w", "-o"]).arg(&tmp).arg("."))?;
+    std::fs::rename(&tmp, &bin)?;
+    Ok(bin)
+}
+
+fn fnv(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn ensure_one(go: &Path, cache: &Path, program: &Program) -> anyhow::Result<PathBuf> {
@@ -154,7 +220,7 @@ fn ldflags(go: &Path, dir: &Path, program: &Program) -> anyhow::Result<String> {
     let mut flags = String::from("-s -w");
     let version = program.version;
     match program.name {
-        "kube-apiserver" => {
+        "kube-apiserver" | "kube-controller-manager" | "kube-scheduler" | "kubelet" => {
             let (major, minor) = major_minor(version)?;
             for pkg in ["k8s.io/component-base/version", "k8s.io/client-go/pkg/version"] {
                 flags.push_str(&format!(

@@ -40,8 +40,8 @@ fn write(path: &Path, contents: &str) -> anyhow::Result<()> {
     std::fs::write(path, contents).with_context(|| format!("writing {}", path.display()))
 }
 
-/// Writes a new PKI into `dir`.
-pub fn generate(dir: &Path) -> anyhow::Result<Pki> {
+/// Writes a new PKI into `dir`; the API server's certificate also names `extra_hosts`.
+pub fn generate(dir: &Path, extra_hosts: &[&str]) -> anyhow::Result<Pki> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let p = Pki {
         server_ca: dir.join("server-ca.pem"),
@@ -64,7 +64,8 @@ pub fn generate(dir: &Path) -> anyhow::Result<Pki> {
         "kubernetes.default.svc.cluster.local",
         "10.0.0.1",
     ];
-    let mut params = CertificateParams::new(hosts.iter().map(|h| (*h).to_owned()).collect::<Vec<_>>())?;
+    let mut params =
+        CertificateParams::new(hosts.iter().chain(extra_hosts).map(|h| (*h).to_owned()).collect::<Vec<_>>())?;
     params.distinguished_name.push(DnType::CommonName, "kube-apiserver");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     let key = KeyPair::generate()?;

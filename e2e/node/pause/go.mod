@@ -1,0 +1,3 @@
+module portcullis.invalid/e2e/pause
+
+go 1.26
