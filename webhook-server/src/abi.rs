@@ -355,6 +355,21 @@ mod tests {
         assert_eq!(unpack(-1), (0xffff_ffff, 0xffff_ffff));
     }
 
+    /// Found by the `guest_verdict` fuzz target: without serde_json's
+    /// `float_roundtrip`, a float read from a guest's answer and written
+    /// again came back one ulp away, so the host's diff of a mutated object
+    /// patched a field the policy had not changed.
+    #[test]
+    fn floats_in_a_verdict_survive_a_round_trip() -> Result<(), Box<dyn std::error::Error>> {
+        let input = include_bytes!("../../fuzz/regressions/guest_verdict/float-beyond-u64-moves-an-ulp.json");
+        let verdict = decode_verdict(input)?;
+        let again = decode_verdict(&serde_json::to_vec(&verdict)?)?;
+        assert_eq!(again.mutated_object, verdict.mutated_object);
+        let ratio = verdict.mutated_object.as_ref().and_then(|o| o.pointer("/spec/ratio")).and_then(|r| r.as_f64());
+        assert_eq!(ratio, Some(98_446_744_073_709_551_615.0));
+        Ok(())
+    }
+
     #[test]
     fn verdict_decoding() {
         assert!(matches!(decode_verdict(br#"{"allowed":true}"#), Ok(v) if v.allowed));

@@ -5,15 +5,19 @@
 //!   `target/policies/test-guests/<name>.wasm`.
 //! - `run`: build what is needed, make a development certificate, and serve the
 //!   built-in policies on https://127.0.0.1:8443.
-//! - `test`: the whole suite (fmt, clippy, unit, wasm integration, HTTP, e2e).
+//! - `test`: the whole suite (fmt, clippy, unit, wasm integration, HTTP, fuzz, e2e).
 //! - `e2e`: the end-to-end suite on a local kube-apiserver (see `e2e/README.md`).
 //! - `bench`: the benchmarks recorded in `docs/benchmarks.md`.
 //! - `image`: the webhook-server image as an OCI image tar, without Docker.
+//! - `fuzz`: the fuzz targets of `fuzz/` (a bounded run of each is part of `test`).
+//! - `soak`: the soak and the full-size faults under load (`docs/reliability.md`).
 
 mod bench;
 mod certs;
 mod e2e;
+mod fuzz;
 mod image;
+mod soak;
 mod wasm;
 
 use std::io::{BufRead as _, BufReader};
@@ -54,6 +58,10 @@ enum Task {
     E2e(e2e::Options),
     /// Measure evaluation latency, HTTPS throughput, start-up time and memory.
     Bench,
+    /// Run the fuzz targets of fuzz/ (cargo-fuzz, installed if missing), each for a bounded time.
+    Fuzz(fuzz::Options),
+    /// Soak the release server at half its peak throughput (RSS watched), then the faults under load at full size.
+    Soak(soak::Options),
     /// Write the webhook-server image (release binary, built-in policies) as an
     /// OCI image tar, without Docker: `ctr images import` / `docker load` it.
     Image(image::Options),
@@ -81,6 +89,8 @@ fn main() -> anyhow::Result<()> {
         Task::Bench => bench::bench(&root)?,
         Task::E2e(options) => e2e::run(&root, &options)?,
         Task::Image(options) => image::run(&root, &options)?,
+        Task::Fuzz(options) => fuzz::run(&root, &options)?,
+        Task::Soak(options) => soak::run(&root, &options)?,
         Task::DevCert { out, host } => {
             let paths = certs::write_dev_certs(&out, &host)?;
             println!("wrote {} (CA), {} and {}", paths.ca.display(), paths.cert.display(), paths.key.display());
@@ -181,12 +191,28 @@ fn test(root: &Path, no_e2e: bool) -> anyhow::Result<()> {
             .args(["test", "--workspace", "--lib", "--bins", "--tests"])
             .env("PORTCULLIS_POLICY_DIR", root.join("target/policies")),
     )?;
+    // Faults under load (CI size): real server processes, alone on the machine's cores.
+    run_tests(
+        cargo()
+            .args(["test", "--package", "webhook-server", "--test", "it", "faults::faults_under_load"])
+            .args(["--", "--exact", "--ignored", "--nocapture", "--test-threads", "1"])
+            .env("PORTCULLIS_POLICY_DIR", root.join("target/policies")),
+    )?;
     run_tests(cargo().args(["test", "--workspace", "--doc"]))?;
     run_cmd(cargo().args(["doc", "--workspace", "--no-deps"]).env("RUSTDOCFLAGS", "-D warnings"))?;
+    fuzz::bounded(root)?;
+    // The kind backend's script cannot run here (no Docker engine); its syntax is checked.
+    run_cmd(Command::new("bash").arg("-n").arg(root.join("e2e/kind.sh")))?;
     let result = if no_e2e {
         Ok(())
     } else {
+        // Both backends: the local one (external-URL mode, the server's
+        // context store, the chart's self-signed lifecycle), then the node
+        // (the chart's pods behind their Service).
         e2e::run(root, &e2e::Options { build_only: false, backend: e2e::Backend::Local, test_args: Vec::new() })
+            .and_then(|()| {
+                e2e::run(root, &e2e::Options { build_only: false, backend: e2e::Backend::Node, test_args: Vec::new() })
+            })
     };
     let (passed, failed) = (PASSED.load(Ordering::Relaxed), FAILED.load(Ordering::Relaxed));
     println!();

@@ -6,6 +6,8 @@
 mod cli;
 mod common;
 mod context_cluster;
+#[cfg(target_os = "linux")]
+mod faults;
 mod guests;
 mod listener;
 mod policies;
