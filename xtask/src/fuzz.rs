@@ -11,9 +11,12 @@
 //! executions per second.
 //!
 //! Each target runs for a bounded time on its seeds, `fuzz/corpus/<target>/`
-//! (committed, read only), on the inputs found by earlier runs on this
-//! machine, `fuzz/target/corpus/<target>/` (where new ones are added; not
-//! committed), and on the inputs of past crashes, `fuzz/regressions/<target>/`.
+//! (committed, read only), and on the inputs of past crashes,
+//! `fuzz/regressions/<target>/`. `cargo xtask fuzz` also runs on the inputs
+//! found by earlier runs on this machine, `fuzz/target/corpus/<target>/`
+//! (where it adds new ones; not committed); the short run of `cargo xtask
+//! test` starts from the seeds alone, as on a fresh clone, so that its time
+//! does not grow with that corpus.
 //! A crash fails the task and names the input libFuzzer saved in
 //! `fuzz/artifacts/<target>/`.
 
@@ -51,7 +54,7 @@ pub struct Options {
 
 /// `cargo xtask fuzz`.
 pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
-    fuzz(root, &options.targets, options.seconds)
+    fuzz(root, &options.targets, options.seconds, Corpus::Kept)
 }
 
 /// The fuzz step of `cargo xtask test`: the fuzz crate's formatting (it is
@@ -64,10 +67,19 @@ pub fn bounded(root: &Path) -> anyhow::Result<()> {
         Ok(value) => value.trim().parse().with_context(|| format!("{TEST_SECONDS_VAR}={value:?} is not seconds"))?,
         Err(_) => TEST_SECONDS,
     };
-    fuzz(root, &[], seconds)
+    fuzz(root, &[], seconds, Corpus::Scratch)
 }
 
-fn fuzz(root: &Path, targets: &[String], seconds: u64) -> anyhow::Result<()> {
+/// Where a run adds the inputs it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Corpus {
+    /// `fuzz/target/corpus/<target>/`, kept from run to run (and run on).
+    Kept,
+    /// `fuzz/target/corpus-scratch/<target>/`, emptied first.
+    Scratch,
+}
+
+fn fuzz(root: &Path, targets: &[String], seconds: u64, corpus: Corpus) -> anyhow::Result<()> {
     let started = Instant::now();
     ensure_cargo_fuzz()?;
     let fuzz_dir = root.join("fuzz");
@@ -85,7 +97,7 @@ fn fuzz(root: &Path, targets: &[String], seconds: u64) -> anyhow::Result<()> {
     let built = started.elapsed();
     let mut results = Vec::new();
     for target in &targets {
-        let result = run_target(&fuzz_dir, target, seconds)?;
+        let result = run_target(&fuzz_dir, target, seconds, corpus)?;
         println!("{}", result.summary);
         results.push(result);
     }
@@ -155,8 +167,14 @@ struct Outcome {
     summary: String,
 }
 
-fn run_target(fuzz_dir: &Path, target: &str, seconds: u64) -> anyhow::Result<Outcome> {
-    let found = fuzz_dir.join("target/corpus").join(target);
+fn run_target(fuzz_dir: &Path, target: &str, seconds: u64, corpus: Corpus) -> anyhow::Result<Outcome> {
+    let found = match corpus {
+        Corpus::Kept => fuzz_dir.join("target/corpus").join(target),
+        Corpus::Scratch => fuzz_dir.join("target/corpus-scratch").join(target),
+    };
+    if corpus == Corpus::Scratch && found.exists() {
+        fs::remove_dir_all(&found).with_context(|| format!("emptying {}", found.display()))?;
+    }
     fs::create_dir_all(&found).with_context(|| format!("creating {}", found.display()))?;
     let logs = fuzz_dir.join("target/logs");
     fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
