@@ -211,13 +211,7 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
     timer.step("cases");
     if let Err(e) = outcome {
         for service in [&mut webhook, &mut apiserver, &mut etcd] {
-            let state = service.exited().map_or_else(|| "running".to_owned(), |s| format!("exited ({s})"));
-            eprintln!(
-                "--- {} ({state}), last lines of {}:\n{}",
-                service.name(),
-                service.log().display(),
-                service.log_tail(15)
-            );
+            service.print_tail(15);
         }
         return Err(e);
     }

@@ -504,13 +504,7 @@ pub fn run(
     let outcome = on_node(root, options, &node, &Helm::new(&bins.helm, &work.join("helm")), &e2e, timer);
     if outcome.is_err() {
         for service in node.services() {
-            let state = service.exited().map_or_else(|| "running".to_owned(), |s| format!("exited ({s})"));
-            eprintln!(
-                "--- {} ({state}), last lines of {}:\n{}",
-                service.name(),
-                service.log().display(),
-                service.log_tail(15)
-            );
+            service.print_tail(15);
         }
     }
     drop(node);

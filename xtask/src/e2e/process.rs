@@ -102,13 +102,14 @@ impl Service {
     }
 
     /// Name given at start.
-    pub fn name(&self) -> &str {
-        &self.name
+    /// Prints whether it still runs and the last `lines` of its log (after a failure).
+    pub fn print_tail(&mut self, lines: usize) {
+        let state = self.exited().map_or_else(|| "running".to_owned(), |s| format!("exited ({s})"));
+        eprintln!("--- {} ({state}), last lines of {}:\n{}", self.name, self.log.display(), self.log_tail(lines));
     }
 
-    /// Log file.
-    pub fn log(&self) -> &Path {
-        &self.log
+    pub fn name(&self) -> &str {
+        &self.name
     }
 }
 
