@@ -53,6 +53,56 @@ pub enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run case files against a module: one line per case, then `N passed, M failed`.
+    Test(TestArgs),
+    /// Measure one module's evaluation latency on one request (fresh instance per run, as served).
+    Bench(BenchArgs),
+}
+
+/// `test` options.
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// The module: a `.wasm` file.
+    #[arg(long)]
+    pub module: String,
+    /// Grant only this kind to the module's lookups, as `apiVersion/Kind`
+    /// (e.g. `apps/v1/Deployment`; repeatable). Default: any kind, each
+    /// case's context file holding the objects.
+    #[arg(long = "grant", value_name = "APIVERSION/KIND", value_parser = grant)]
+    pub grants: Vec<crate::context::Kind>,
+    /// Case files (YAML lists of cases; the files they name are relative to them).
+    #[arg(required = true, value_name = "CASES.yaml")]
+    pub cases: Vec<PathBuf>,
+}
+
+/// `bench` options.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// The module: a `.wasm` file.
+    #[arg(long)]
+    pub module: String,
+    /// AdmissionReview JSON file to evaluate.
+    #[arg(long)]
+    pub request: PathBuf,
+    /// The policy's settings (a YAML or JSON mapping; default `{}`).
+    #[arg(long)]
+    pub settings: Option<PathBuf>,
+    /// Objects the lookups are answered from (YAML documents or a `kind: List`).
+    #[arg(long)]
+    pub context: Option<PathBuf>,
+    /// Measured runs (after a warm-up of a tenth of them, at least 10).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub iterations: u32,
+}
+
+/// `apiVersion/Kind`, split at the last `/`.
+fn grant(text: &str) -> Result<crate::context::Kind, String> {
+    match text.rsplit_once('/') {
+        Some((api_version, kind)) if !api_version.is_empty() && !kind.is_empty() => {
+            Ok(crate::context::Kind::new(api_version, kind))
+        }
+        _ => Err(format!("{text:?} is not apiVersion/Kind, such as apps/v1/Deployment or v1/Pod")),
+    }
 }
 
 /// `serve` options.
@@ -276,6 +326,90 @@ pub async fn check(config: &std::path::Path) -> anyhow::Result<Vec<String>> {
     let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?);
     let set = PolicySet::load(&runtime, &config).await?;
     Ok(set.names().into_iter().map(str::to_owned).collect())
+}
+
+/// Reads a module for `test` and `bench`.
+async fn read_module(module: &str) -> anyhow::Result<Vec<u8>> {
+    tokio::fs::read(module).await.with_context(|| format!("reading module {module}"))
+}
+
+/// Runs case files against a module, printing one line per case; returns
+/// the counts of passed and failed cases.
+pub async fn test(args: &TestArgs) -> anyhow::Result<(usize, usize)> {
+    let wasm = read_module(&args.module).await?;
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?;
+    let name = crate::cases::name_for(&args.module);
+    let mut runner = crate::cases::CaseRunner::new(&runtime, &name, &wasm)?;
+    if !args.grants.is_empty() {
+        runner = runner.granting(args.grants.clone());
+    }
+    let (mut passed, mut failed) = (0, 0);
+    for file in &args.cases {
+        match runner.run_file(file).await {
+            Ok(reports) => {
+                for report in reports {
+                    println!("{}", report.line());
+                    if report.failure.is_some() {
+                        failed += 1;
+                    } else {
+                        passed += 1;
+                    }
+                }
+            }
+            Err(e) => {
+                println!("FAIL {}\n     {e}", file.display());
+                failed += 1;
+            }
+        }
+    }
+    println!("{passed} passed, {failed} failed");
+    Ok((passed, failed))
+}
+
+/// Measures one module on one request and prints the percentiles.
+pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
+    let wasm = read_module(&args.module).await?;
+    let name = crate::cases::name_for(&args.module);
+    let mut config = crate::config::PolicyConfig::for_tests(&name)?;
+    if let Some(file) = &args.settings {
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading settings {}", file.display()))?;
+        let settings: serde_json::Value =
+            serde_yaml::from_str(&text).with_context(|| format!("settings {} is not YAML", file.display()))?;
+        if !settings.is_object() && !settings.is_null() {
+            anyhow::bail!("settings {} must be a mapping", file.display());
+        }
+        if settings.is_object() {
+            config.settings = settings;
+        }
+    }
+    config.context = vec![crate::context::Kind::any()];
+    let store = Arc::new(ContextStore::default());
+    if let Some(file) = &args.context {
+        store.fill_from_file(file, &[]).map_err(|e| anyhow::anyhow!(e))?;
+    }
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?;
+    let module =
+        runtime.load(&name, &wasm, config.limits()).map_err(|e| anyhow::anyhow!("module {name} was refused: {e}"))?;
+    let sha256 = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&wasm))
+    };
+    let policy = crate::policy::Policy::prepare(config, sha256, module, &store).await?;
+    let body = std::fs::read(&args.request).with_context(|| format!("reading {}", args.request.display()))?;
+    let iterations = args.iterations as usize;
+    let warmup = (iterations / 10).max(10);
+    let report = crate::offline::bench(&policy, &body, warmup, iterations).await?;
+    println!(
+        "{name} on {} ({} bytes): {} runs after {} warm-up, one at a time, fresh instance each",
+        args.request.display(),
+        body.len(),
+        report.iterations,
+        report.warmup
+    );
+    println!("verdict: {}", report.verdict);
+    println!("{:>10} {:>10} {:>10} {:>10}", "p50 µs", "p90 µs", "p99 µs", "max µs");
+    println!("{:>10.1} {:>10.1} {:>10.1} {:>10.1}", report.p50_us, report.p90_us, report.p99_us, report.max_us);
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -144,6 +144,13 @@ fn empty_settings() -> serde_json::Value {
 }
 
 impl PolicyConfig {
+    /// An entry with every default, as a config naming only `name` (a DNS
+    /// label) and a module would give: the case runner and `bench` use it.
+    pub fn for_tests(name: &str) -> Result<Self> {
+        let entry = serde_json::json!({"name": name, "module": format!("{name}.wasm"), "mutating": true});
+        serde_json::from_value(entry).map_err(|e| Error::Parse { path: PathBuf::from(name), message: e.to_string() })
+    }
+
     /// The evaluation deadline.
     pub fn timeout(&self) -> Duration {
         Duration::from_millis(self.timeout_ms)

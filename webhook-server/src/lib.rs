@@ -12,6 +12,7 @@
 
 pub mod abi;
 pub mod admission;
+pub mod cases;
 pub mod cli;
 pub mod config;
 pub mod context;

@@ -34,6 +34,12 @@ fn main() -> ExitCode {
                 }
                 Err(e) => report(Err(e)),
             },
+            Command::Test(args) => match cli::test(&args).await {
+                Ok((_, 0)) => ExitCode::SUCCESS,
+                Ok(_) => ExitCode::FAILURE,
+                Err(e) => report(Err(e)),
+            },
+            Command::Bench(args) => report(cli::bench(&args).await),
             Command::Run(args) => {
                 match webhook_server::offline::run(&args.config, &args.policy, &args.request, args.context.as_deref())
                     .await

@@ -118,6 +118,34 @@ impl Policy {
         abi::decode_verdict(&answer)
     }
 
+    /// A policy of a compiled module: it validates its settings (refused
+    /// settings are an error), and its lookups are answered from `context`,
+    /// limited to the kinds `config` grants. One compiled module may back
+    /// several policies (the case runner's settings and contexts).
+    pub async fn prepare(
+        config: PolicyConfig,
+        sha256: String,
+        module: PolicyModule,
+        context: &Arc<ContextStore>,
+    ) -> Result<Self> {
+        let settings_json = config.settings.to_string();
+        let answer = module
+            .validate_settings(settings_json.as_bytes())
+            .await
+            .map_err(|source| Error::SettingsCheck { policy: config.name.clone(), source })?;
+        let validation = abi::decode_settings_validation(&answer)
+            .map_err(|source| Error::SettingsCheck { policy: config.name.clone(), source })?;
+        if !validation.valid {
+            return Err(Error::Settings {
+                policy: config.name.clone(),
+                message: validation.message.unwrap_or_else(|| "refused without a reason".into()),
+            });
+        }
+        let handler = context.for_policy(&config.name, config.context.clone(), config.memory_limit_bytes());
+        let module = module.with_lookup(handler);
+        Ok(Self { config, sha256, module, settings_json })
+    }
+
     /// Evaluations of this policy waiting for a slot right now.
     pub fn queued(&self) -> usize {
         self.module.queued()
@@ -160,23 +188,8 @@ impl PolicySet {
         }
         let mut policies = HashMap::new();
         for (config, sha256, module) in compiled {
-            let settings_json = config.settings.to_string();
-            let answer = module
-                .validate_settings(settings_json.as_bytes())
-                .await
-                .map_err(|source| Error::SettingsCheck { policy: config.name.clone(), source })?;
-            let validation = abi::decode_settings_validation(&answer)
-                .map_err(|source| Error::SettingsCheck { policy: config.name.clone(), source })?;
-            if !validation.valid {
-                return Err(Error::Settings {
-                    policy: config.name.clone(),
-                    message: validation.message.unwrap_or_else(|| "refused without a reason".into()),
-                });
-            }
-            let name = config.name.clone();
-            let handler = context.for_policy(&name, config.context.clone(), config.memory_limit_bytes());
-            let module = module.with_lookup(handler);
-            policies.insert(name, Arc::new(Policy { config, sha256, module, settings_json }));
+            let policy = Policy::prepare(config, sha256, module, context).await?;
+            policies.insert(policy.config.name.clone(), Arc::new(policy));
         }
         Ok(Self { policies })
     }

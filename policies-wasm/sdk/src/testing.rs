@@ -85,8 +85,13 @@ impl Answer {
 
 /// Reads the cases of `test_data/cases.yaml`.
 pub fn load_cases(test_data: &Path) -> Result<Vec<FixtureCase>, String> {
-    let path = test_data.join("cases.yaml");
-    let yaml = std::fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    load_case_file(&test_data.join("cases.yaml"))
+}
+
+/// Reads a case file of any name; the files its cases name are relative to
+/// the directory it is in.
+pub fn load_case_file(path: &Path) -> Result<Vec<FixtureCase>, String> {
+    let yaml = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     serde_yaml::from_str(&yaml).map_err(|e| format!("parsing {}: {e}", path.display()))
 }
 

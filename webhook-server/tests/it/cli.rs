@@ -373,3 +373,80 @@ async fn sigterm_keeps_serving_through_the_delay_then_drains() {
     };
     assert!(exit.success(), "exit status {exit}");
 }
+
+/// `webhook-server test`: one line per case and the count line; a case
+/// whose expectation the module does not meet fails the run, naming why.
+#[test]
+fn test_runs_case_files_and_exits_non_zero_on_a_failing_case() {
+    let module = policy_module("hpa-resource-requests");
+    let cases = workspace().join("policies-wasm/hpa-resource-requests/test_data/cases.yaml");
+    let out = server(&["test", "--module", &module.to_string_lossy(), &cases.to_string_lossy()]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(lines.iter().filter(|l| l.starts_with("ok   ")).count() >= 15, "{text}");
+    let last = lines.last().copied().unwrap_or_default();
+    assert!(last.ends_with(" passed, 0 failed"), "{last}");
+
+    // The same cases with only the HPA granted: the pod cases' ReplicaSet lookups are refused.
+    let out = server(&[
+        "test",
+        "--module",
+        &module.to_string_lossy(),
+        "--grant",
+        "autoscaling/v2/HorizontalPodAutoscaler",
+        &cases.to_string_lossy(),
+    ]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("apps/v1 ReplicaSet is not granted to this policy"), "{text}");
+
+    // A wrong expectation, in a case file of its own next to fixtures copied in.
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let data = workspace().join("policies-wasm/ingress-tls/test_data");
+    for file in ["covered.json", "no-tls.json"] {
+        std::fs::copy(data.join(file), dir.path().join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+    }
+    let file = dir.path().join("mine.yaml");
+    std::fs::write(
+        &file,
+        "- request: covered.json\n  allowed: true\n- request: no-tls.json\n  allowed: false\n  message: [\"not a fragment of it\"]\n",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let module = policy_module("ingress-tls");
+    let out = server(&["test", "--module", &module.to_string_lossy(), &file.to_string_lossy()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("ok   ") && text.contains("mine.yaml#1 covered.json"), "{text}");
+    assert!(text.contains("FAIL ") && text.contains("message lacks \"not a fragment of it\""), "{text}");
+    assert!(text.trim_end().ends_with("1 passed, 1 failed"), "{text}");
+}
+
+/// `webhook-server bench`: the percentiles of the runs and the verdict.
+#[test]
+fn bench_prints_evaluation_percentiles() {
+    let data = workspace().join("policies-wasm/ingress-tls/test_data");
+    let module = policy_module("ingress-tls");
+    let out = server(&[
+        "bench",
+        "--module",
+        &module.to_string_lossy(),
+        "--request",
+        &data.join("no-tls.json").to_string_lossy(),
+        "--iterations",
+        "50",
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}{}", stderr(&out));
+    assert!(text.contains("50 runs after 10 warm-up"), "{text}");
+    assert!(text.contains("verdict: denied: "), "{text}");
+    let figures: Vec<f64> = text
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or_else(|e| panic!("{f}: {e}\n{text}")))
+        .collect();
+    assert_eq!(figures.len(), 4, "{text}");
+    assert!(figures[0] > 0.0 && figures.windows(2).all(|w| w[0] <= w[1]), "p50 ≤ p90 ≤ p99 ≤ max: {text}");
+}

@@ -3,15 +3,12 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use base64::Engine as _;
-use portcullis_sdk::testing::{Answer, load_cases};
-use webhook_server::admission::{self, Endpoint};
-use webhook_server::context::{ContextStore, Kind};
-use webhook_server::policy::{Policy, PolicySet};
+use webhook_server::cases::CaseRunner;
+use webhook_server::context::Kind;
+use webhook_server::policy::PolicySet;
 
-use crate::common::{entry, load_with_context, policy_module, runtime, workspace};
+use crate::common::{policy_module, runtime, workspace};
 
 /// Policy crates with a `test_data/cases.yaml`.
 fn policy_crates() -> Vec<(String, PathBuf)> {
@@ -38,39 +35,19 @@ async fn every_policy_fixture_gives_its_expected_verdict_through_the_compiled_mo
     let mut checked = 0;
     let mut failures = Vec::new();
     for (policy, data) in crates {
-        let cases = load_cases(&data).unwrap_or_else(|e| panic!("{policy}: {e}"));
-        // The kinds the default config grants the policy: the cases prove them enough.
-        let kinds = grants.get(&policy).cloned().unwrap_or_default();
-        let mut sets: HashMap<String, Arc<PolicySet>> = HashMap::new();
-        for case in cases {
-            let settings = case.settings_json();
-            let key = format!("{settings} {:?}", case.context);
-            let set = match sets.get(&key) {
-                Some(set) => set.clone(),
-                None => {
-                    let objects = case.context_objects(&data).unwrap_or_else(|e| panic!("{policy}: {e}"));
-                    let store = Arc::new(ContextStore::offline(objects, &kinds));
-                    let grant: Vec<String> =
-                        kinds.iter().map(|k| format!("{{apiVersion: {}, kind: {}}}", k.api_version, k.kind)).collect();
-                    let extra = format!("mutating: true\nsettings: {settings}\ncontext: [{}]", grant.join(", "));
-                    let set = Arc::new(
-                        load_with_context(&rt, &[entry(&policy, &policy_module(&policy), &extra)], &store).await,
-                    );
-                    sets.insert(key, set.clone());
-                    set
-                }
-            };
-            let loaded = set.get(&policy).unwrap_or_else(|| panic!("{policy} not loaded"));
-            let result = async {
-                let review = case.review(&data)?;
-                let first = answer(loaded, &review).await?;
-                match case.check(&data, &review, &first)? {
-                    Some(rerun) => case.check_rerun(&answer(loaded, &rerun).await?),
-                    None => Ok(()),
-                }
-            };
-            if let Err(e) = result.await {
-                failures.push(format!("{policy}: {} with settings {settings}: {e}", case.request));
+        // The code path of `webhook-server test`, with the kinds the default
+        // config grants a built-in policy (the cases prove them enough);
+        // any kind for a policy the default config does not serve.
+        let module = policy_module(&policy);
+        let wasm = std::fs::read(&module).unwrap_or_else(|e| panic!("{}: {e}", module.display()));
+        let mut runner = CaseRunner::new(&rt, &policy, &wasm).unwrap_or_else(|e| panic!("{policy}: {e:#}"));
+        if let Some(kinds) = grants.get(&policy) {
+            runner = runner.granting(kinds.clone());
+        }
+        let reports = runner.run_file(&data.join("cases.yaml")).await.unwrap_or_else(|e| panic!("{policy}: {e}"));
+        for report in reports {
+            if report.failure.is_some() {
+                failures.push(report.line());
             }
             checked += 1;
         }
@@ -84,35 +61,6 @@ fn default_grants() -> HashMap<String, Vec<Kind>> {
     let path = workspace().join("webhook-server/config/default.yaml");
     let config = webhook_server::config::Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
     config.policies.into_iter().map(|p| (p.name, p.context)).collect()
-}
-
-/// What the server answers on `/mutate/{policy}` for `review`, as a case
-/// checks it (the patch decoded from base64); the uid must be echoed.
-async fn answer(policy: &Policy, review: &serde_json::Value) -> Result<Answer, String> {
-    let body = serde_json::to_vec(review).map_err(|e| e.to_string())?;
-    let incoming = admission::parse(&body).map_err(|e| e.to_string())?;
-    let verdict = policy.evaluate(incoming.raw.get()).await;
-    let decision = admission::decide(policy, Endpoint::Mutate, &incoming, verdict);
-    if let Some(failure) = decision.failure {
-        return Err(format!("evaluation failed: {failure}"));
-    }
-    let response = decision.response;
-    if response.uid != incoming.request.uid {
-        return Err(format!("uid {:?} not echoed (got {:?})", incoming.request.uid, response.uid));
-    }
-    let patch = match decision.patch {
-        Some(b64) => {
-            let bytes = base64::engine::general_purpose::STANDARD.decode(b64).map_err(|e| e.to_string())?;
-            Some(serde_json::from_slice(&bytes).map_err(|e| format!("patch: {e}"))?)
-        }
-        None => None,
-    };
-    Ok(Answer {
-        allowed: response.allowed,
-        message: response.result.message,
-        warnings: response.warnings.unwrap_or_default(),
-        patch,
-    })
 }
 
 /// The default config of the repository loads as it is.
