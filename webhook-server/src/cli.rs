@@ -13,7 +13,8 @@ use crate::config::{Budget, Config};
 use crate::context::ContextStore;
 use crate::context::watch::ContextSource;
 use crate::metrics::Metrics;
-use crate::policy::PolicySet;
+use crate::oci::RegistryOptions;
+use crate::policy::{PolicySet, Sources};
 use crate::reload::ConfigWatcher;
 use crate::runtime::{Runtime, RuntimeOptions};
 use crate::server::{self, AppState};
@@ -52,19 +53,64 @@ pub enum Command {
         /// Policy config file (YAML).
         #[arg(long)]
         config: PathBuf,
+        /// Registry options for `oci://` modules.
+        #[command(flatten)]
+        registry: RegistryArgs,
     },
     /// Run case files against a module: one line per case, then `N passed, M failed`.
     Test(TestArgs),
     /// Measure one module's evaluation latency on one request (fresh instance per run, as served).
     Bench(BenchArgs),
+    /// Publish a module to an OCI registry; prints its pinned `oci://…@sha256:…` reference last.
+    Push(PushArgs),
+}
+
+/// How `oci://` modules are fetched (and pushed).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RegistryArgs {
+    /// PEM CA certificate(s) to trust for registries, besides the system roots.
+    #[arg(long, env = "PORTCULLIS_REGISTRY_CA")]
+    pub registry_ca: Option<PathBuf>,
+    /// Docker `config.json` holding registry credentials (`auths`), e.g. a
+    /// mounted `kubernetes.io/dockerconfigjson` Secret. Default: anonymous.
+    #[arg(long, env = "PORTCULLIS_REGISTRY_AUTH")]
+    pub registry_auth: Option<PathBuf>,
+}
+
+impl RegistryArgs {
+    /// Module sources with these options, `oci://` modules cached in `cache`.
+    pub fn sources(&self, cache: Option<PathBuf>, metrics: Option<Arc<Metrics>>) -> anyhow::Result<Sources> {
+        let options = RegistryOptions { ca: self.registry_ca.clone(), auth: self.registry_auth.clone(), cache };
+        let sources = Sources::new(options, metrics);
+        if self.registry_ca.is_some() || self.registry_auth.is_some() {
+            sources.connect()?;
+        }
+        Ok(sources)
+    }
+}
+
+/// `push` options.
+#[derive(Debug, clap::Args)]
+pub struct PushArgs {
+    /// The `.wasm` file to publish (checked first: it must load as a policy module).
+    pub file: PathBuf,
+    /// Where: `oci://HOST[:PORT]/REPO:TAG`.
+    #[arg(value_name = "oci://HOST[:PORT]/REPO:TAG")]
+    pub target: String,
+    /// Registry options.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// `test` options.
 #[derive(Debug, clap::Args)]
 pub struct TestArgs {
-    /// The module: a `.wasm` file.
+    /// The module: a `.wasm` file or a pinned `oci://HOST/REPO@sha256:…` reference.
     #[arg(long)]
     pub module: String,
+    /// Registry options for an `oci://` module.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Grant only this kind to the module's lookups, as `apiVersion/Kind`
     /// (e.g. `apps/v1/Deployment`; repeatable). Default: any kind, each
     /// case's context file holding the objects.
@@ -78,9 +124,12 @@ pub struct TestArgs {
 /// `bench` options.
 #[derive(Debug, clap::Args)]
 pub struct BenchArgs {
-    /// The module: a `.wasm` file.
+    /// The module: a `.wasm` file or a pinned `oci://HOST/REPO@sha256:…` reference.
     #[arg(long)]
     pub module: String,
+    /// Registry options for an `oci://` module.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// AdmissionReview JSON file to evaluate.
     #[arg(long)]
     pub request: PathBuf,
@@ -138,9 +187,13 @@ pub struct ServeArgs {
     /// load). Set it below the container's memory limit; unset: unchecked.
     #[arg(long, env = "PORTCULLIS_MEMORY_BUDGET_MIB")]
     pub memory_budget_mib: Option<u64>,
-    /// Directory for compiled modules, so restarts skip compilation.
+    /// Directory for compiled modules and pulled `oci://` modules (by
+    /// digest), so restarts skip compilation and need no registry.
     #[arg(long, env = "PORTCULLIS_MODULE_CACHE")]
     pub module_cache: Option<PathBuf>,
+    /// Registry options for `oci://` modules.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
     /// Seconds to keep serving after SIGTERM while reporting not ready, so
     /// that endpoints (and the API server) move to other pods first. A
     /// second SIGTERM or Ctrl-C cuts it short.
@@ -202,6 +255,9 @@ pub struct RunArgs {
     /// or a `kind: List` (what `kubectl get hpa,deploy -o yaml` prints).
     #[arg(long)]
     pub context: Option<PathBuf>,
+    /// Registry options for `oci://` modules.
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// A number of seconds: finite, 0..=86400.
@@ -283,8 +339,25 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     // Watches start now; `/readyz` answers 503, naming the kinds, until each has listed once.
     watches.watch(&config.granted_kinds()).await?;
     let started = std::time::Instant::now();
-    let policies = PolicySet::load_with_context(&runtime, &config, &context).await?;
-    tracing::info!(policies = %policies.names().join(", "), elapsed_ms = started.elapsed().as_millis() as u64, "policies loaded");
+    let sources = args.registry.sources(args.module_cache.clone(), Some(metrics.clone()))?;
+    // A module that cannot be pulled does not stop the start: the server
+    // comes up not ready, says why on `/readyz`, and retries at every poll.
+    let (policies, load_error) = match PolicySet::load_from(&runtime, &config, &context, &sources).await {
+        Ok(set) => {
+            tracing::info!(policies = %set.names().join(", "), elapsed_ms = started.elapsed().as_millis() as u64, "policies loaded");
+            (set, None)
+        }
+        Err(e) if e.is_pull() => {
+            let error = format!("{:#}", anyhow::Error::from(e));
+            tracing::error!(
+                error,
+                "policies not loaded: a module could not be pulled; not ready, retrying every {}s",
+                args.reload_interval
+            );
+            (PolicySet::default(), Some(error))
+        }
+        Err(e) => return Err(e.into()),
+    };
     let interval = Duration::from_secs_f64(args.reload_interval);
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -305,8 +378,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     state.context = context;
     state.runtime = Some(runtime.clone());
     state.require_client_cert = args.client_ca.is_some();
+    state.set_load_error(load_error);
     let state = Arc::new(state);
-    let watcher = ConfigWatcher::new(&args.config, runtime.clone(), state.clone(), watches, args.budget()).await;
+    let watcher = ConfigWatcher::new(&args.config, runtime.clone(), state.clone(), watches, args.budget())
+        .await
+        .with_sources(sources);
     tokio::spawn(watcher.watch(interval));
 
     let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
@@ -321,22 +397,47 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 }
 
 /// Loads a config and its modules and validates every policy's settings.
-pub async fn check(config: &std::path::Path) -> anyhow::Result<Vec<String>> {
+pub async fn check(config: &std::path::Path, registry: &RegistryArgs) -> anyhow::Result<Vec<String>> {
     let config = Config::load(config)?;
     let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?);
-    let set = PolicySet::load(&runtime, &config).await?;
+    let sources = registry.sources(None, None)?;
+    let set = PolicySet::load_from(&runtime, &config, &Arc::new(ContextStore::default()), &sources).await?;
     Ok(set.names().into_iter().map(str::to_owned).collect())
 }
 
-/// Reads a module for `test` and `bench`.
-async fn read_module(module: &str) -> anyhow::Result<Vec<u8>> {
-    tokio::fs::read(module).await.with_context(|| format!("reading module {module}"))
+/// Reads a module for `test` and `bench`: a file or a pinned `oci://` reference.
+async fn read_module(module: &str, registry: &RegistryArgs) -> anyhow::Result<Vec<u8>> {
+    let source = crate::config::ModuleSource::parse(module).map_err(|e| anyhow::anyhow!("--module {module}: {e}"))?;
+    let name = crate::cases::name_for(module);
+    Ok(registry.sources(None, None)?.fetch(&name, &source).await?)
+}
+
+/// Publishes a module (after checking it loads) and prints its pinned reference.
+pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
+    let target: crate::oci::PushTarget = args.target.parse()?;
+    let wasm = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
+    let name = crate::cases::name_for(&args.file.to_string_lossy());
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 1, cache_dir: None })?;
+    let limits = crate::config::PolicyConfig::for_tests(&name)?.limits();
+    runtime
+        .load(&name, &wasm, limits)
+        .map_err(|e| anyhow::anyhow!("{} is not a policy module this server would load: {e}", args.file.display()))?;
+    let options = RegistryOptions {
+        ca: args.registry.registry_ca.clone(),
+        auth: args.registry.registry_auth.clone(),
+        cache: None,
+    };
+    let registry = crate::oci::Registry::new(&options)?;
+    let pinned = registry.push(&wasm, &target).await?;
+    eprintln!("pushed {} ({} bytes) to {target}", args.file.display(), wasm.len());
+    println!("{pinned}");
+    Ok(())
 }
 
 /// Runs case files against a module, printing one line per case; returns
 /// the counts of passed and failed cases.
 pub async fn test(args: &TestArgs) -> anyhow::Result<(usize, usize)> {
-    let wasm = read_module(&args.module).await?;
+    let wasm = read_module(&args.module, &args.registry).await?;
     let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?;
     let name = crate::cases::name_for(&args.module);
     let mut runner = crate::cases::CaseRunner::new(&runtime, &name, &wasm)?;
@@ -368,7 +469,7 @@ pub async fn test(args: &TestArgs) -> anyhow::Result<(usize, usize)> {
 
 /// Measures one module on one request and prints the percentiles.
 pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
-    let wasm = read_module(&args.module).await?;
+    let wasm = read_module(&args.module, &args.registry).await?;
     let name = crate::cases::name_for(&args.module);
     let mut config = crate::config::PolicyConfig::for_tests(&name)?;
     if let Some(file) = &args.settings {

@@ -53,6 +53,55 @@ pub enum Error {
 /// Result type of this module.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Where a policy's module comes from: a file, or an OCI artifact pinned by
+/// digest (`oci://HOST[:PORT]/REPO[:TAG]@sha256:DIGEST`, pulled over HTTPS
+/// and cached by digest; see [`crate::oci`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ModuleSource {
+    /// A `.wasm` file; relative paths are relative to the config file.
+    File(PathBuf),
+    /// A pinned OCI reference.
+    Oci(crate::oci::Reference),
+}
+
+impl ModuleSource {
+    /// Reads `module:` text: `oci://…` is a reference (a tag alone is
+    /// refused), anything else a path.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if crate::oci::is_oci(text) {
+            return text.parse().map(Self::Oci).map_err(|e: crate::oci::OciError| e.to_string());
+        }
+        if text.is_empty() {
+            return Err("is empty: give a .wasm file or an oci:// reference".into());
+        }
+        Ok(Self::File(PathBuf::from(text)))
+    }
+
+    /// The file, when the module is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            Self::File(path) => Some(path),
+            Self::Oci(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for ModuleSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Oci(reference) => write!(f, "{reference}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModuleSource {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Whether a denial is enforced or only reported.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -80,8 +129,9 @@ pub enum FailurePolicy {
 pub struct PolicyConfig {
     /// Name used in the URL path (`/validate/{name}`): a DNS label.
     pub name: String,
-    /// Path of the wasm module; relative paths are relative to the config file.
-    pub module: PathBuf,
+    /// The wasm module: a file (relative paths are relative to the config
+    /// file) or a pinned `oci://` reference.
+    pub module: ModuleSource,
     /// Served on `/mutate/{name}` (true) or `/validate/{name}` (false).
     #[serde(default)]
     pub mutating: bool,
@@ -306,8 +356,10 @@ impl Config {
             if p.settings.is_null() {
                 p.settings = empty_settings();
             }
-            if p.module.is_relative() {
-                p.module = base.join(&p.module);
+            if let ModuleSource::File(path) = &mut p.module
+                && path.is_relative()
+            {
+                *path = base.join(&*path);
             }
             for (k, kind) in p.context.iter().enumerate() {
                 if let Err(reason) = check_kind(kind) {
@@ -409,10 +461,26 @@ mod tests {
     fn defaults_and_relative_module() -> Result<()> {
         let c = parse("policies:\n- name: ingress-tls\n  module: ../policies/ingress-tls.wasm\n")?;
         let p = &c.policies[0];
-        assert_eq!(p.module, Path::new("/etc/portcullis/../policies/ingress-tls.wasm"));
+        assert_eq!(p.module.path(), Some(Path::new("/etc/portcullis/../policies/ingress-tls.wasm")));
         assert_eq!((p.mutating, p.mode, p.failure_policy), (false, Mode::Enforce, FailurePolicy::Fail));
         assert_eq!((p.timeout_ms, p.memory_limit_mib, p.max_output_kib), (1000, 64, 4096));
         assert_eq!(p.settings, serde_json::json!({}));
+        Ok(())
+    }
+
+    #[test]
+    fn oci_modules_must_be_pinned_by_digest() -> Result<()> {
+        let digest = "sha256:".to_owned() + &"ab".repeat(32);
+        let c = parse(&format!(
+            "policies:\n- name: a\n  module: oci://registry.example:5000/policies/a@{digest}\n\
+             - name: b\n  module: oci://registry.example/b:v1@{digest}\n"
+        ))?;
+        assert!(c.policies.iter().all(|p| matches!(p.module, ModuleSource::Oci(_)) && p.module.path().is_none()));
+        assert_eq!(c.policies[0].module.to_string(), format!("oci://registry.example:5000/policies/a@{digest}"));
+        let e = error_of("policies:\n- name: a\n  module: oci://registry.example/a:v1\n");
+        assert!(e.contains("policies[0]") && e.contains("a tag alone is not accepted"), "{e}");
+        let e = error_of("policies:\n- name: a\n  module: ''\n");
+        assert!(e.contains("is empty"), "{e}");
         Ok(())
     }
 

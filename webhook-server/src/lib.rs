@@ -6,9 +6,10 @@
 //! [`policy`] (the loaded [`policy::PolicySet`]), [`runtime`] (the wasmtime
 //! sandbox) and [`abi`] (the host side of the guest contract). [`context`]
 //! answers context-aware policies' lookups from watch-backed caches.
-//! [`config`] reads the policy config, [`reload`] swaps it at run time, [`tls`] holds
-//! the certificate, [`metrics`] the Prometheus series, [`offline`] the `run`
-//! subcommand, and [`cli`] the command line.
+//! [`config`] reads the policy config, [`reload`] swaps it at run time, [`oci`]
+//! fetches modules from OCI registries, [`tls`] holds the certificate,
+//! [`metrics`] the Prometheus series, [`offline`] the `run` subcommand, and
+//! [`cli`] the command line.
 
 pub mod abi;
 pub mod admission;
@@ -17,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod context;
 pub mod metrics;
+pub mod oci;
 pub mod offline;
 pub mod policy;
 pub mod reload;

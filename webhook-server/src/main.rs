@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     runtime.block_on(async move {
         match cli.command {
             Command::Serve(args) => report(cli::serve(*args).await),
-            Command::Check { config } => match cli::check(&config).await {
+            Command::Check { config, registry } => match cli::check(&config, &registry).await {
                 Ok(names) => {
                     println!("ok: {} valid ({})", config.display(), names.join(", "));
                     ExitCode::SUCCESS
@@ -40,9 +40,16 @@ fn main() -> ExitCode {
                 Err(e) => report(Err(e)),
             },
             Command::Bench(args) => report(cli::bench(&args).await),
+            Command::Push(args) => report(cli::push(&args).await),
             Command::Run(args) => {
-                match webhook_server::offline::run(&args.config, &args.policy, &args.request, args.context.as_deref())
-                    .await
+                match webhook_server::offline::run(
+                    &args.config,
+                    &args.policy,
+                    &args.request,
+                    args.context.as_deref(),
+                    &args.registry,
+                )
+                .await
                 {
                     Ok(result) => {
                         println!("{}", serde_json::to_string_pretty(&result.review).unwrap_or_default());

@@ -81,6 +81,17 @@ pub struct LookupLabels {
     pub result: String,
 }
 
+/// Labels of the module-pull counter.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PullLabels {
+    /// Registry host (and port) of the `oci://` reference.
+    pub registry: String,
+    /// `pulled`, `cached` (from `--module-cache`, no network), or why it
+    /// failed: `unreachable`, `auth`, `not_found`, `digest_mismatch`,
+    /// `no_wasm_layer`, `too_large`, `registry`, ...
+    pub result: String,
+}
+
 /// Every metric the server exports.
 #[derive(Debug)]
 pub struct Metrics {
@@ -105,6 +116,8 @@ pub struct Metrics {
     pub watch_restarts: Family<KindLabels, Counter>,
     /// Context lookups by policy and result.
     pub lookups: Family<LookupLabels, Counter>,
+    /// Fetches of `oci://` modules by registry and result.
+    pub module_pulls: Family<PullLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -128,6 +141,7 @@ impl Metrics {
         let context_synced = Family::<KindLabels, Gauge>::default();
         let watch_restarts = Family::<KindLabels, Counter>::default();
         let lookups = Family::<LookupLabels, Counter>::default();
+        let module_pulls = Family::<PullLabels, Counter>::default();
         registry.register(
             "admission_requests",
             "Admission requests answered, by policy, verdict and outcome",
@@ -158,6 +172,11 @@ impl Metrics {
             watch_restarts.clone(),
         );
         registry.register("context_lookups", "Context lookups by policy and result", lookups.clone());
+        registry.register(
+            "module_pulls",
+            "Fetches of oci:// policy modules, by registry and result (pulled, cached, or the failure)",
+            module_pulls.clone(),
+        );
         Self {
             registry,
             requests,
@@ -170,7 +189,13 @@ impl Metrics {
             context_synced,
             watch_restarts,
             lookups,
+            module_pulls,
         }
+    }
+
+    /// Counts a fetch of an `oci://` module.
+    pub fn module_pull(&self, registry: &str, result: &str) {
+        self.module_pulls.get_or_create(&PullLabels { registry: registry.into(), result: result.into() }).inc();
     }
 
     /// Counts a rejected request.

@@ -26,7 +26,13 @@ pub struct OfflineResult {
 /// Evaluates the AdmissionReview in `request` with policy `name` of
 /// `config`, answering its lookups from the objects of `context` (a YAML
 /// file of documents or a `kind: List`; none: the granted kinds are empty).
-pub async fn run(config: &Path, name: &str, request: &Path, context: Option<&Path>) -> anyhow::Result<OfflineResult> {
+pub async fn run(
+    config: &Path,
+    name: &str,
+    request: &Path,
+    context: Option<&Path>,
+    registry: &crate::cli::RegistryArgs,
+) -> anyhow::Result<OfflineResult> {
     let mut config = Config::load(config)?;
     let available = config.policies.iter().map(|p| p.name.clone()).collect::<Vec<_>>().join(", ");
     config.policies.retain(|p| p.name == name);
@@ -41,7 +47,7 @@ pub async fn run(config: &Path, name: &str, request: &Path, context: Option<&Pat
         None => store.fill(Vec::new(), &config.granted_kinds()),
     }
     let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?);
-    let set = PolicySet::load_with_context(&runtime, &config, &store).await?;
+    let set = PolicySet::load_from(&runtime, &config, &store, &registry.sources(None, None)?).await?;
     let policy = set.get(name).context("policy vanished after loading")?;
     let body = std::fs::read(request).with_context(|| format!("reading {}", request.display()))?;
     let incoming =

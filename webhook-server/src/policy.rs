@@ -8,13 +8,24 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::abi;
-use crate::config::{Config, PolicyConfig};
+use crate::config::{Config, ModuleSource, PolicyConfig};
 use crate::context::ContextStore;
+use crate::metrics::Metrics;
+use crate::oci::{Registry, RegistryOptions};
 use crate::runtime::{EvalError, LoadError, PolicyModule, Runtime};
 
 /// Why a policy set could not be built. Every variant names the policy.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// An `oci://` module could not be fetched (or its registry client set up).
+    #[error("policy {policy:?}: pulling its module")]
+    Pull {
+        /// Policy name.
+        policy: String,
+        /// Why.
+        #[source]
+        source: crate::oci::OciError,
+    },
     /// The module file could not be read.
     #[error("policy {policy:?}: reading module {path}")]
     Read {
@@ -27,24 +38,24 @@ pub enum Error {
         source: std::io::Error,
     },
     /// The module's digest differs from its pin.
-    #[error("policy {policy:?}: module {path} has sha256 {actual}, but the config pins {expected}")]
+    #[error("policy {policy:?}: module {module} has sha256 {actual}, but the config pins {expected}")]
     Digest {
         /// Policy name.
         policy: String,
-        /// Module path.
-        path: PathBuf,
+        /// The module (file or reference).
+        module: String,
         /// Pinned digest.
         expected: String,
         /// Actual digest.
         actual: String,
     },
     /// The module was refused.
-    #[error("policy {policy:?}: module {path} was refused")]
+    #[error("policy {policy:?}: module {module} was refused")]
     Load {
         /// Policy name.
         policy: String,
-        /// Module path.
-        path: PathBuf,
+        /// The module (file or reference).
+        module: String,
         /// Why.
         #[source]
         source: Box<LoadError>,
@@ -74,6 +85,14 @@ pub enum Error {
         /// Why.
         message: String,
     },
+}
+
+impl Error {
+    /// Whether this is a failure to fetch an `oci://` module (which a
+    /// server starting up retries, reporting it on `/readyz`, rather than exit).
+    pub fn is_pull(&self) -> bool {
+        matches!(self, Self::Pull { .. })
+    }
 }
 
 /// Result type of this module.
@@ -152,6 +171,78 @@ impl Policy {
     }
 }
 
+/// Where modules come from besides files: the registry client for `oci://`
+/// modules, made on first use (or at start by [`Sources::connect`]) from its
+/// options, and where pulls are counted.
+#[derive(Clone, Default)]
+pub struct Sources {
+    options: RegistryOptions,
+    registry: Arc<std::sync::OnceLock<Arc<Registry>>>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for Sources {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sources").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+impl Sources {
+    /// `oci://` modules fetched with `options`; pulls counted in `metrics`.
+    pub fn new(options: RegistryOptions, metrics: Option<Arc<Metrics>>) -> Self {
+        Self { options, registry: Arc::default(), metrics }
+    }
+
+    /// Makes the registry client now, reading the CA and credentials files,
+    /// so that a mistake in them stops a start rather than a later pull.
+    pub fn connect(&self) -> std::result::Result<(), crate::oci::OciError> {
+        self.registry().map(drop)
+    }
+
+    fn registry(&self) -> std::result::Result<Arc<Registry>, crate::oci::OciError> {
+        if let Some(registry) = self.registry.get() {
+            return Ok(registry.clone());
+        }
+        let made = Arc::new(Registry::new(&self.options)?);
+        Ok(self.registry.get_or_init(|| made).clone())
+    }
+
+    /// Reads a module's bytes: a file on the blocking pool, an `oci://`
+    /// reference from the cache or the registry (verified against its digest).
+    pub async fn fetch(&self, policy: &str, module: &ModuleSource) -> Result<Vec<u8>> {
+        match module {
+            ModuleSource::File(path) => {
+                let path = path.clone();
+                let read = path.clone();
+                tokio::task::spawn_blocking(move || std::fs::read(&read))
+                    .await
+                    .map_err(|e| Error::Task { policy: policy.to_owned(), message: e.to_string() })?
+                    .map_err(|source| Error::Read { policy: policy.to_owned(), path, source })
+            }
+            ModuleSource::Oci(reference) => {
+                let pull_error = |source| Error::Pull { policy: policy.to_owned(), source };
+                let registry = self.registry().map_err(pull_error)?;
+                let result = registry.fetch(reference).await;
+                if let Some(metrics) = &self.metrics {
+                    let label = match &result {
+                        Ok(fetched) if fetched.from_cache => "cached",
+                        Ok(_) => "pulled",
+                        Err(e) => e.kind(),
+                    };
+                    metrics.module_pull(reference.registry(), label);
+                }
+                match result {
+                    Ok(fetched) => {
+                        tracing::info!(policy, module = %reference, cached = fetched.from_cache, bytes = fetched.bytes.len(), "module fetched");
+                        Ok(fetched.bytes)
+                    }
+                    Err(source) => Err(pull_error(source)),
+                }
+            }
+        }
+    }
+}
+
 /// The policies of one config, by name.
 #[derive(Debug, Default)]
 pub struct PolicySet {
@@ -175,11 +266,24 @@ impl PolicySet {
         config: &Config,
         context: &Arc<ContextStore>,
     ) -> Result<Self> {
+        Self::load_from(runtime, config, context, &Sources::default()).await
+    }
+
+    /// [`PolicySet::load_with_context`], with `oci://` modules fetched
+    /// through `sources` (all fetched, concurrently, before any compiles).
+    pub async fn load_from(
+        runtime: &Arc<Runtime>,
+        config: &Config,
+        context: &Arc<ContextStore>,
+        sources: &Sources,
+    ) -> Result<Self> {
+        let fetches = config.policies.iter().map(|p| sources.fetch(&p.name, &p.module));
+        let modules = futures::future::try_join_all(fetches).await?;
         let mut tasks = Vec::new();
-        for policy in &config.policies {
+        for (policy, wasm) in config.policies.iter().zip(modules) {
             let runtime = runtime.clone();
             let policy = policy.clone();
-            tasks.push(tokio::task::spawn_blocking(move || compile(&runtime, policy)));
+            tasks.push(tokio::task::spawn_blocking(move || compile(&runtime, policy, &wasm)));
         }
         let mut compiled = Vec::new();
         for (task, policy) in tasks.into_iter().zip(&config.policies) {
@@ -217,25 +321,20 @@ impl PolicySet {
     }
 }
 
-fn compile(runtime: &Runtime, config: PolicyConfig) -> Result<(PolicyConfig, String, PolicyModule)> {
-    let wasm = std::fs::read(&config.module).map_err(|source| Error::Read {
-        policy: config.name.clone(),
-        path: config.module.clone(),
-        source,
-    })?;
-    let sha256 = hex::encode(Sha256::digest(&wasm));
+fn compile(runtime: &Runtime, config: PolicyConfig, wasm: &[u8]) -> Result<(PolicyConfig, String, PolicyModule)> {
+    let sha256 = hex::encode(Sha256::digest(wasm));
     if let Some(expected) = config.sha256.as_ref().filter(|e| !e.eq_ignore_ascii_case(&sha256)) {
         return Err(Error::Digest {
             policy: config.name.clone(),
-            path: config.module.clone(),
+            module: config.module.to_string(),
             expected: expected.clone(),
             actual: sha256,
         });
     }
     let limits = config.limits();
-    let module = runtime.load(&config.name, &wasm, limits).map_err(|source| Error::Load {
+    let module = runtime.load(&config.name, wasm, limits).map_err(|source| Error::Load {
         policy: config.name.clone(),
-        path: config.module.clone(),
+        module: config.module.to_string(),
         source: Box::new(source),
     })?;
     Ok((config, sha256, module))

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use crate::config::{Budget, Config};
 use crate::context::watch::ContextSource;
-use crate::policy::PolicySet;
+use crate::policy::{PolicySet, Sources};
 use crate::runtime::Runtime;
 use crate::server::AppState;
 
@@ -29,6 +29,7 @@ pub struct ConfigWatcher {
     state: Arc<AppState>,
     watches: Arc<ContextSource>,
     budget: Budget,
+    sources: Sources,
     seen: Fingerprint,
 }
 
@@ -80,7 +81,15 @@ impl ConfigWatcher {
         budget: Budget,
     ) -> Self {
         let seen = poll(path.to_owned(), Fingerprint::default()).await;
-        Self { path: path.to_owned(), runtime, state, watches, budget, seen }
+        Self { path: path.to_owned(), runtime, state, watches, budget, sources: Sources::default(), seen }
+    }
+
+    /// Fetches `oci://` modules through `sources` (default: the system
+    /// roots, no credentials, no cache).
+    #[must_use]
+    pub fn with_sources(mut self, sources: Sources) -> Self {
+        self.sources = sources;
+        self
     }
 
     /// Reloads if anything changed (or always, when `force`). `Ok(true)` when
@@ -107,7 +116,7 @@ impl ConfigWatcher {
             let kinds: Vec<String> = unsynced.iter().map(ToString::to_string).collect();
             anyhow::bail!("the context caches of {} did not sync within {SYNC_TIMEOUT:?}", kinds.join(", "));
         }
-        let set = PolicySet::load_with_context(&self.runtime, &config, &self.state.context).await?;
+        let set = PolicySet::load_from(&self.runtime, &config, &self.state.context, &self.sources).await?;
         self.state.metrics.policies.set(i64::try_from(set.len()).unwrap_or(i64::MAX));
         let names = set.names().join(", ");
         let old = self.state.policies.swap(Arc::new(set));
@@ -116,11 +125,14 @@ impl ConfigWatcher {
             self.state.metrics.forget_policy(gone);
         }
         self.watches.unwatch_others(&kinds);
+        self.state.set_load_error(None);
         tracing::info!(config = %self.path.display(), policies = %names, "policy config reloaded");
         Ok(true)
     }
 
-    /// Reloads on SIGHUP (forced) and on every `interval` poll that sees a change.
+    /// Reloads on SIGHUP (forced) and on every `interval` poll that sees a
+    /// change; every poll while the policies failed to load at start (a
+    /// module pull), until they load.
     pub async fn watch(mut self, interval: Duration) {
         let mut hangup = sighup();
         let mut ticker = tokio::time::interval(interval);
@@ -131,10 +143,14 @@ impl ConfigWatcher {
                 _ = ticker.tick() => false,
                 _ = recv(&mut hangup) => true,
             };
-            match self.reload(force).await {
+            let starting = self.state.load_error().is_some();
+            match self.reload(force || starting).await {
                 Ok(false) => {}
                 Ok(true) => self.state.metrics.reload("config", true),
                 Err(e) => {
+                    if starting {
+                        self.state.set_load_error(Some(format!("{e:#}")));
+                    }
                     self.state.metrics.reload("config", false);
                     tracing::error!(config = %self.path.display(), error = format!("{e:#}"), "config reload failed; the previous policies keep serving");
                 }
@@ -164,9 +180,10 @@ fn fingerprint(path: &Path) -> Fingerprint {
         Err(e) => hash.update(e.to_string()),
     }
     if let Ok(config) = Config::load(path) {
-        for policy in &config.policies {
-            stamps.push((policy.module.clone(), stamp(&policy.module)));
-            match std::fs::read(&policy.module) {
+        // An `oci://` module is pinned by digest: the config text covers it.
+        for path in config.policies.iter().filter_map(|p| p.module.path()) {
+            stamps.push((path.to_owned(), stamp(path)));
+            match std::fs::read(path) {
                 Ok(bytes) => hash.update(&bytes),
                 Err(e) => hash.update(e.to_string()),
             }

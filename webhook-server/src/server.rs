@@ -118,6 +118,9 @@ pub struct AppState {
     /// Admission routes answer only clients that presented a certificate
     /// (`--client-ca`); probes and metrics answer anyone.
     pub require_client_cert: bool,
+    /// Why the config's policies are not served yet (a module pull failed
+    /// at start and is being retried); `/readyz` says so until it clears.
+    pub load_error: std::sync::Mutex<Option<String>>,
 }
 
 impl AppState {
@@ -139,7 +142,18 @@ impl AppState {
             context: Arc::new(ContextStore::default()),
             runtime: None,
             require_client_cert: false,
+            load_error: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Why the policies are not served yet, if they are not.
+    pub fn load_error(&self) -> Option<String> {
+        self.load_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Records (or clears) why the policies are not served yet.
+    pub fn set_load_error(&self, error: Option<String>) {
+        *self.load_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = error;
     }
 }
 
@@ -411,6 +425,10 @@ async fn healthz(State(state): State<Arc<AppState>>) -> Response {
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     if !state.ready.load(Ordering::Relaxed) {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready\n").into_response();
+    }
+    if let Some(error) = state.load_error() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: policies not loaded yet (retrying): {error}\n"))
+            .into_response();
     }
     let unsynced = state.context.unsynced();
     if !unsynced.is_empty() {

@@ -432,7 +432,7 @@ fn check_chart(
         rendered.push(file);
     }
     // Values the chart must refuse (values.schema.json and its required checks).
-    let refused: [(&[&str], &str); 8] = [
+    let refused: [(&[&str], &str); 10] = [
         (&["--set", "policies.ingress-tls.failurePolicy=Maybe"], "value must be one of 'Fail', 'Ignore'"),
         (&["--set", "policies.Bad_Name.module=x.wasm"], "does not match pattern"),
         (&["--set", "replicas=3"], "additional properties 'replicas' not allowed"),
@@ -441,6 +441,11 @@ fn check_chart(
         (&["--set", "policies.ingress-tls.timeoutMs=3000"], "must be below its webhook's timeoutSeconds (3 s)"),
         (&["--set", "server.shutdownDelaySeconds=15"], "must be below terminationGracePeriodSeconds"),
         (&["--set", "policies.ingress-tls.maxConcurrent=8"], "over the 384 MiB budget"),
+        (&["--set", "policies.ingress-tls.module=oci://registry.example/policies/ingress-tls:v1"], "'not' failed"),
+        (
+            &["--set", "policies.ingress-tls.module=oci://registry.example/p/ingress-tls@sha256:ab"],
+            "an oci:// module must be pinned by digest",
+        ),
     ];
     for (args, expected) in refused {
         let mut cmd = helm.cmd(&no_cluster);

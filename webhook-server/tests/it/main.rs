@@ -11,6 +11,7 @@ mod faults;
 mod guests;
 mod listener;
 mod policies;
+mod registry;
 mod reload;
 mod router;
 mod tls;
