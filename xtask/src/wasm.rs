@@ -4,6 +4,10 @@
 //! Debian's `rustc-web` and `rust-web-src` packages, building the standard
 //! library from source (`-Zbuild-std`) and linking with rust-lld; as root on
 //! Debian it installs those packages itself. Otherwise it says what to install.
+//!
+//! Policies written in AssemblyScript (a `package.json` with an `asbuild`
+//! script) are built with npm when `node` and `npm` are on the PATH, and
+//! skipped with a message when they are not.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -26,26 +30,10 @@ enum Toolchain {
 
 /// Builds every policy and test guest; returns the output directory.
 pub fn build_policies(root: &Path) -> anyhow::Result<PathBuf> {
-    let toolchain = detect()?;
     let policies = policy_crates(root)?;
-    let target_dir = root.join("target/wasm");
-    let mut cmd = cargo();
-    cmd.arg("build").args(["--profile", PROFILE, "--target", TARGET]).arg("--target-dir").arg(&target_dir);
-    for name in &policies {
-        cmd.args(["--package", name]);
-    }
-    cmd.args(["--package", "test-guests", "--lib", "--examples"]);
-    if let Toolchain::BuildStd { rustc, linker } = &toolchain {
-        cmd.arg("-Zbuild-std=std,panic_abort")
-            .env("RUSTC", rustc)
-            .env("RUSTC_BOOTSTRAP", "1")
-            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", linker);
-    }
-    // Flags meant for the host (coverage, sanitizers) must not reach the guest build.
-    cmd.env_remove("RUSTFLAGS").env_remove("CARGO_ENCODED_RUSTFLAGS");
-    run_cmd(&mut cmd)?;
+    let test_guests = ["--package", "test-guests", "--lib", "--examples"];
+    let built = build_packages(&root.join("Cargo.toml"), &policies, &test_guests, &root.join("target/wasm"))?;
 
-    let built = target_dir.join(TARGET).join(PROFILE);
     let out = root.join("target/policies");
     std::fs::create_dir_all(out.join("test-guests"))?;
     for name in &policies {
@@ -60,8 +48,35 @@ pub fn build_policies(root: &Path) -> anyhow::Result<PathBuf> {
             &out.join("test-guests").join(format!("{stem}.wasm")),
         )?;
     }
+    build_npm_policies(root, &out)?;
     eprintln!("policies written to {}", out.display());
     Ok(out)
+}
+
+/// Builds `packages` of the workspace of `manifest` (and what the cargo
+/// arguments `extra` select) for wasm32 in the target directory `target`; returns the
+/// directory the modules are in, each as `<crate_name>.wasm`. Builds that
+/// share a target directory share the standard library when the profile
+/// matches (with Debian's toolchain std is built from source, the costly part).
+pub fn build_packages(manifest: &Path, packages: &[String], extra: &[&str], target: &Path) -> anyhow::Result<PathBuf> {
+    let toolchain = detect()?;
+    let mut cmd = cargo();
+    cmd.arg("build").arg("--manifest-path").arg(manifest);
+    cmd.args(["--profile", PROFILE, "--target", TARGET]).arg("--target-dir").arg(target);
+    for name in packages {
+        cmd.args(["--package", name]);
+    }
+    cmd.args(extra);
+    if let Toolchain::BuildStd { rustc, linker } = &toolchain {
+        cmd.arg("-Zbuild-std=std,panic_abort")
+            .env("RUSTC", rustc)
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", linker);
+    }
+    // Flags meant for the host (coverage, sanitizers) must not reach the guest build.
+    cmd.env_remove("RUSTFLAGS").env_remove("CARGO_ENCODED_RUSTFLAGS");
+    run_cmd(&mut cmd)?;
+    Ok(target.join(TARGET).join(PROFILE))
 }
 
 fn copy(from: &Path, to: &Path) -> anyhow::Result<()> {
@@ -82,6 +97,58 @@ fn policy_crates(root: &Path) -> anyhow::Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
+}
+
+/// Policies built with npm, by name: directories of `policies-wasm/` whose
+/// `package.json` has an `asbuild` script, which writes `build/<name>.wasm`.
+fn npm_policies(root: &Path) -> anyhow::Result<Vec<(String, PathBuf)>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(root.join("policies-wasm"))? {
+        let dir = entry?.path();
+        let Ok(manifest) = std::fs::read_to_string(dir.join("package.json")) else { continue };
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()) else { continue };
+        if manifest.contains("\"asbuild\"") {
+            found.push((name.to_owned(), dir));
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Builds each npm policy into `out/<dir>.wasm`: `npm ci` when its
+/// `node_modules` is missing or older than its `package-lock.json`, then
+/// `npm run asbuild`. Without node and npm, says so and builds none.
+fn build_npm_policies(root: &Path, out: &Path) -> anyhow::Result<()> {
+    let policies = npm_policies(root)?;
+    if policies.is_empty() {
+        return Ok(());
+    }
+    if !which("node") || !which("npm") {
+        let names: Vec<&str> = policies.iter().map(|(name, _)| name.as_str()).collect();
+        eprintln!(
+            "skipping {}: node and npm are needed to build them (the host's policy tests need the .wasm)",
+            names.join(", ")
+        );
+        return Ok(());
+    }
+    for (name, dir) in &policies {
+        if npm_install_stale(dir) {
+            run_cmd(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir(dir))?;
+        }
+        run_cmd(Command::new("npm").args(["run", "--silent", "asbuild"]).current_dir(dir))?;
+        copy(&dir.join("build").join(format!("{name}.wasm")), &out.join(format!("{name}.wasm")))?;
+    }
+    Ok(())
+}
+
+/// Whether `dir/node_modules` is missing or older than `dir/package-lock.json`
+/// (npm records each install in `node_modules/.package-lock.json`).
+fn npm_install_stale(dir: &Path) -> bool {
+    let modified = |path: PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    match (modified(dir.join("node_modules/.package-lock.json")), modified(dir.join("package-lock.json"))) {
+        (Some(installed), Some(lock)) => installed < lock,
+        _ => true,
+    }
 }
 
 fn detect() -> anyhow::Result<Toolchain> {
