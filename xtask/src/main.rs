@@ -11,12 +11,16 @@
 //! - `image`: the webhook-server image as an OCI image tar, without Docker.
 //! - `fuzz`: the fuzz targets of `fuzz/` (a bounded run of each is part of `test`).
 //! - `soak`: the soak and the full-size faults under load (`docs/reliability.md`).
+//! - `new-policy`: a new policy crate under `policies-wasm/`, ready to edit;
+//!   `test-new-policy` builds and tests every kind it makes (part of `test`).
 
 mod bench;
 mod certs;
 mod e2e;
 mod fuzz;
 mod image;
+mod new_policy;
+mod registry;
 mod soak;
 mod wasm;
 
@@ -65,6 +69,10 @@ enum Task {
     /// Write the webhook-server image (release binary, built-in policies) as an
     /// OCI image tar, without Docker: `ctr images import` / `docker load` it.
     Image(image::Options),
+    /// Scaffold a policy crate policies-wasm/NAME (validating; --mutating for a JSON Patch, --context for lookups).
+    NewPolicy(new_policy::Options),
+    /// Scaffold every kind of new-policy into target/scaffold, then lint, build and test each.
+    TestNewPolicy,
     /// Write a development CA and serving certificate for the given hosts.
     DevCert {
         /// Output directory.
@@ -89,6 +97,8 @@ fn main() -> anyhow::Result<()> {
         Task::Bench => bench::bench(&root)?,
         Task::E2e(options) => e2e::run(&root, &options)?,
         Task::Image(options) => image::run(&root, &options)?,
+        Task::NewPolicy(options) => new_policy::run(&root, &options)?,
+        Task::TestNewPolicy => new_policy::test(&root, None)?,
         Task::Fuzz(options) => fuzz::run(&root, &options)?,
         Task::Soak(options) => soak::run(&root, &options)?,
         Task::DevCert { out, host } => {
@@ -186,11 +196,15 @@ fn test(root: &Path, no_e2e: bool) -> anyhow::Result<()> {
     run_cmd(cargo().args(["fmt", "--all", "--check"]))?;
     wasm::build_policies(root)?;
     run_cmd(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    // The host's registry tests start their own docker-registry.
+    registry::ensure_docker_registry()?;
     run_tests(
         cargo()
             .args(["test", "--workspace", "--lib", "--bins", "--tests"])
             .env("PORTCULLIS_POLICY_DIR", root.join("target/policies")),
     )?;
+    // Every kind of `new-policy` crate, its cases run by the server binary the tests just built.
+    new_policy::test(root, Some(&root.join("target/debug/webhook-server")))?;
     // Faults under load (CI size): real server processes, alone on the machine's cores.
     run_tests(
         cargo()
