@@ -160,8 +160,8 @@ mod tests {
         ),
         (r#"{"ingressClasses": {"": "gce"}}"#, Some("ingressClasses: a class name must not be empty")),
         (r#"{"allowDefaultCertificates": true}"#, Some("allowDefaultCertificates")),
-        (r#"{"allowDefaultCertificate": "yes"}"#, Some("invalid settings")),
-        (r#"{"ingressClasses": ["nginx"]}"#, Some("invalid settings")),
+        (r#"{"allowDefaultCertificate": "yes"}"#, Some("allowDefaultCertificate: invalid type")),
+        (r#"{"ingressClasses": ["nginx"]}"#, Some("ingressClasses: invalid type")),
     ];
 
     #[test]

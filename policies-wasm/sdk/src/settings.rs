@@ -45,15 +45,16 @@ impl SettingsValidation {
 /// Decodes settings JSON and runs [`Settings::validate`].
 pub fn parse_settings<S: Settings>(json: &[u8]) -> Result<S, String> {
     // The path of the offending field leads the message (`bindings[0].aws:
-    // unknown field ...`), which serde's own errors do not say.
+    // unknown field ...`), which serde's own errors do not say. No
+    // `invalid settings:` prefix: the host adds it (ABI.md).
     let mut deserializer = serde_json::Deserializer::from_slice(json);
     let settings: S = match serde_path_to_error::deserialize::<_, Option<S>>(&mut deserializer) {
         Ok(settings) => settings.unwrap_or_default(),
-        Err(e) if e.path().iter().next().is_none() => return Err(format!("invalid settings: {}", e.inner())),
-        Err(e) => return Err(format!("invalid settings: {}: {}", e.path(), e.inner())),
+        Err(e) if e.path().iter().next().is_none() => return Err(e.inner().to_string()),
+        Err(e) => return Err(format!("{}: {}", e.path(), e.inner())),
     };
     if let Err(e) = deserializer.end() {
-        return Err(format!("invalid settings: {e}"));
+        return Err(e.to_string());
     }
     settings.validate()?;
     Ok(settings)
@@ -100,7 +101,7 @@ mod tests {
     fn errors_name_the_path_of_the_field() {
         let v = SettingsValidation::check::<Nested>(br#"{"items": [{"max": 1}, {"max": "two"}]}"#);
         let message = v.message.unwrap_or_default();
-        assert!(message.starts_with("invalid settings: items[1].max: invalid type"), "{message}");
+        assert!(message.starts_with("items[1].max: invalid type"), "{message}");
         let v = SettingsValidation::check::<Nested>(br#"{"items": [{"maxx": 1}]}"#);
         let message = v.message.unwrap_or_default();
         assert!(message.contains("items[0].maxx: unknown field `maxx`"), "{message}");

@@ -162,7 +162,7 @@ mod tests {
             Some("exemptNamespaces[0]: must not be empty"),
         ),
         (r#"{"label": {"environment": "production"}}"#, Some("unknown field `label`")),
-        (r#"{"labels": ["environment"]}"#, Some("invalid settings: labels: invalid type")),
+        (r#"{"labels": ["environment"]}"#, Some("labels: invalid type")),
 {{/context}}
 {{#context}}
         (r#"{"namespaceLabels": ["team"]}"#, None),
@@ -176,7 +176,7 @@ mod tests {
         (r#"{"namespaceLabels": ["Example.com/team"]}"#, Some(r#"its prefix "Example.com" is not a DNS subdomain"#)),
         (r#"{"namespaceLabels": ["team"], "exemptNamespaces": [""]}"#, Some("exemptNamespaces[0]: must not be empty")),
         (r#"{"namespaceLabel": ["team"]}"#, Some("unknown field `namespaceLabel`")),
-        (r#"{"namespaceLabels": "team"}"#, Some("invalid settings: namespaceLabels: invalid type")),
+        (r#"{"namespaceLabels": "team"}"#, Some("namespaceLabels: invalid type")),
 {{/context}}
     ];
 
