@@ -8,7 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use sha2::{Digest as _, Sha256};
 use webhook_server::oci::{OciError, PushTarget, Reference, Registry, RegistryOptions};
 
@@ -35,7 +34,7 @@ impl TestRegistry {
              `apt-get install docker-registry` (and stop the service it starts)"
         );
         let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        let (ca, cert, key) = issue();
+        let (ca, cert, key) = crate::tls::issue("registry test CA");
         let write = |name: &str, text: &str| {
             std::fs::write(dir.path().join(name), text).unwrap_or_else(|e| panic!("writing {name}: {e}"))
         };
@@ -132,21 +131,6 @@ impl Drop for TestRegistry {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// A CA (PEM) and a serving certificate and key it signed, for 127.0.0.1.
-fn issue() -> (String, String, String) {
-    let fail = |e: rcgen::Error| -> ! { panic!("rcgen: {e}") };
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| fail(e));
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.distinguished_name.push(rcgen::DnType::CommonName, "registry test CA");
-    let ca =
-        CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap_or_else(|e| fail(e))).unwrap_or_else(|e| fail(e));
-    let key = KeyPair::generate().unwrap_or_else(|e| fail(e));
-    let leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .and_then(|p| p.signed_by(&key, &ca))
-        .unwrap_or_else(|e| fail(e));
-    (ca.pem(), leaf.pem(), key.serialize_pem())
 }
 
 fn free_port() -> SocketAddr {

@@ -15,7 +15,7 @@ use webhook_server::tls::{self, CertificateStore};
 use crate::common::{entry, fixture, load_ok, policy_module, runtime};
 
 /// A CA (PEM) and a serving certificate and key it signed, for 127.0.0.1.
-fn issue(cn: &str) -> (String, String, String) {
+pub fn issue(cn: &str) -> (String, String, String) {
     let fail = |e: rcgen::Error| -> ! { panic!("rcgen: {e}") };
     let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| fail(e));
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
