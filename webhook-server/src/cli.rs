@@ -2,7 +2,7 @@
 //! server (config validated and every module loaded before a port is bound).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -63,6 +63,26 @@ pub enum Command {
     Bench(BenchArgs),
     /// Publish a module to an OCI registry; prints its pinned `oci://…@sha256:…` reference last.
     Push(PushArgs),
+    /// Internal: compile the wasm module on stdin into a file (`serve`
+    /// compiles in this child process so that the compiler's memory is not kept).
+    #[command(hide = true)]
+    CompileModule {
+        /// The server's `--max-instances` (part of the engine configuration).
+        #[arg(long)]
+        max_instances: u32,
+        /// Where to write the compiled artifact (atomically).
+        #[arg(long)]
+        output: PathBuf,
+    },
+}
+
+/// `webhook-server compile-module`: see [`Command::CompileModule`].
+pub fn compile_module(max_instances: u32, output: &Path) -> anyhow::Result<()> {
+    use std::io::Read as _;
+    let mut wasm = Vec::new();
+    std::io::stdin().read_to_end(&mut wasm)?;
+    let artifact = crate::runtime::compile_artifact(max_instances, &wasm)?;
+    crate::runtime::write_atomically(output, &artifact).with_context(|| format!("writing {}", output.display()))
 }
 
 /// How `oci://` modules are fetched (and pushed).
@@ -325,6 +345,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let runtime = Arc::new(Runtime::new(&RuntimeOptions {
         max_instances: args.max_instances,
         cache_dir: args.module_cache.clone(),
+        // Compile in a child process (this binary) so the compiler's memory
+        // is returned when it exits; in process if the binary is not found.
+        compiler: std::env::current_exe().ok(),
     })?);
     let metrics = Arc::new(Metrics::new());
     let context = Arc::new(ContextStore::new(Some(metrics.clone())));
@@ -399,7 +422,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Loads a config and its modules and validates every policy's settings.
 pub async fn check(config: &std::path::Path, registry: &RegistryArgs) -> anyhow::Result<Vec<String>> {
     let config = Config::load(config)?;
-    let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?);
+    let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None, compiler: None })?);
     let sources = registry.sources(None, None)?;
     let set = PolicySet::load_from(&runtime, &config, &Arc::new(ContextStore::default()), &sources).await?;
     Ok(set.names().into_iter().map(str::to_owned).collect())
@@ -417,7 +440,7 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
     let target: crate::oci::PushTarget = args.target.parse()?;
     let wasm = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let name = crate::cases::name_for(&args.file.to_string_lossy());
-    let runtime = Runtime::new(&RuntimeOptions { max_instances: 1, cache_dir: None })?;
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 1, cache_dir: None, compiler: None })?;
     let limits = crate::config::PolicyConfig::for_tests(&name)?.limits();
     runtime
         .load(&name, &wasm, limits)
@@ -438,7 +461,7 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
 /// the counts of passed and failed cases.
 pub async fn test(args: &TestArgs) -> anyhow::Result<(usize, usize)> {
     let wasm = read_module(&args.module, &args.registry).await?;
-    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?;
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None, compiler: None })?;
     let name = crate::cases::name_for(&args.module);
     let mut runner = crate::cases::CaseRunner::new(&runtime, &name, &wasm)?;
     if !args.grants.is_empty() {
@@ -488,7 +511,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.context {
         store.fill_from_file(file, &[]).map_err(|e| anyhow::anyhow!(e))?;
     }
-    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None })?;
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None, compiler: None })?;
     let module =
         runtime.load(&name, &wasm, config.limits()).map_err(|e| anyhow::anyhow!("module {name} was refused: {e}"))?;
     let sha256 = {

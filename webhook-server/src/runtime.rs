@@ -157,15 +157,58 @@ struct Bulkhead {
 pub struct RuntimeOptions {
     /// Most instances alive at once; further evaluations wait for a slot.
     pub max_instances: u32,
-    /// Directory for wasmtime's compiled-module cache (keyed by module hash
-    /// and engine configuration), so restarts do not recompile.
+    /// Directory for compiled modules (`compiled/`, keyed by the module's
+    /// SHA-256 and the engine's configuration), so restarts do not recompile.
     pub cache_dir: Option<PathBuf>,
+    /// Compile modules in a child process: this `webhook-server` binary,
+    /// run as `webhook-server compile-module`. The compiler's memory (tens
+    /// of MiB per module) then ends with the child instead of staying in
+    /// this process's allocator. `None`: compile in process.
+    pub compiler: Option<PathBuf>,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        Self { max_instances: 128, cache_dir: None }
+        Self { max_instances: 128, cache_dir: None, compiler: None }
     }
+}
+
+/// The engine configuration: the same in the server and in the
+/// `compile-module` child, or the child's code would not load.
+fn engine_config(max_instances: u32) -> anyhow::Result<Config> {
+    let mut pool = PoolingAllocationConfig::new();
+    let n = max_instances.max(1);
+    pool.total_core_instances(n)
+        .total_memories(n)
+        .total_tables(n)
+        .total_stacks(n)
+        .max_memories_per_module(1)
+        .table_elements(TABLE_ELEMENTS)
+        .max_tables_per_module(1)
+        .max_memory_size(usize::try_from(MAX_MEMORY_MIB << 20)?)
+        // Reset a used memory slot in place instead of unmapping it, so the
+        // next instance takes no page faults; with PAGEMAP_SCAN (Linux 6.7+)
+        // only the pages the guest dirtied are reset.
+        .linear_memory_keep_resident(KEEP_RESIDENT)
+        .table_keep_resident(64 << 10)
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+        .cranelift_opt_level(wasmtime::OptLevel::Speed)
+        // Wasm offsets in trap backtraces only; ~10% of compile time and
+        // memory. Trap messages still name the function.
+        .generate_address_map(false);
+    Ok(config)
+}
+
+/// `webhook-server compile-module`: compiles the module read from `wasm`
+/// for an engine configured as [`Runtime::new`] configures it, and returns
+/// the compiled artifact (what the parent loads).
+pub fn compile_artifact(max_instances: u32, wasm: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let engine = Engine::new(&engine_config(max_instances)?).map_err(|e| anyhow::anyhow!("{e:#}"))?;
+    engine.precompile_module(wasm).map_err(|e| anyhow::anyhow!("{e:#}"))
 }
 
 /// Answers a policy's context lookups (the `portcullis::lookup` import):
@@ -221,51 +264,140 @@ pub struct Runtime {
     slots: Arc<Semaphore>,
     ticker: EpochTicker,
     max_instances: u32,
+    /// Where compiled modules are kept (`<cache_dir>/compiled`).
+    compiled: Option<PathBuf>,
+    /// See [`RuntimeOptions::compiler`].
+    compiler: Option<PathBuf>,
+    compiles: Turns,
+}
+
+/// A counting semaphore for blocking threads: compilations run at once.
+#[derive(Debug)]
+struct Turns {
+    running: std::sync::Mutex<usize>,
+    freed: std::sync::Condvar,
+    max: usize,
+}
+
+impl Turns {
+    fn new(max: usize) -> Self {
+        Self { running: std::sync::Mutex::new(0), freed: std::sync::Condvar::new(), max: max.max(1) }
+    }
+
+    /// Waits for a free turn; the turn ends when the guard drops.
+    fn turn(&self) -> Turn<'_> {
+        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *running >= self.max {
+            running = self.freed.wait(running).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        *running += 1;
+        Turn(self)
+    }
+}
+
+struct Turn<'a>(&'a Turns);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
+        self.0.freed.notify_one();
+    }
 }
 
 impl Runtime {
+    /// The compiled module for `wasm`: from the cache, else compiled (in the
+    /// child process when one is configured, else here) and cached.
+    fn module(&self, wasm: &[u8]) -> Result<Module, LoadError> {
+        let cached = self.compiled.as_ref().map(|dir| dir.join(format!("{}.cwasm", self.artifact_key(wasm))));
+        if let Some(path) = cached.as_ref().filter(|p| p.is_file()) {
+            match load_artifact_file(&self.engine, path) {
+                Ok(module) => return Ok(module),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable compiled module; recompiling")
+                }
+            }
+        }
+        // Compiling is CPU- and memory-heavy and already parallel inside
+        // (one thread per core): more at once than cores only adds peak memory.
+        let _turn = self.compiles.turn();
+        if let Some(compiler) = &self.compiler {
+            // The child writes the artifact to the cache (or a file of its
+            // own that is removed once mapped): the artifact's megabytes
+            // never pass through this process's heap.
+            let (path, temporary) = match &cached {
+                Some(path) => (path.clone(), false),
+                None => {
+                    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+                    (std::env::temp_dir().join(format!("portcullis-{}-{n}.cwasm", std::process::id())), true)
+                }
+            };
+            let loaded = compile_in_child(compiler, self.max_instances, wasm, &path)
+                .and_then(|()| load_artifact_file(&self.engine, &path).map_err(anyhow::Error::from));
+            if temporary {
+                let _ = std::fs::remove_file(&path);
+            }
+            match loaded {
+                Ok(module) => return Ok(module),
+                // A module the engine refuses fails here too; compiling in
+                // process gives its error (any other failure of the child
+                // costs only memory).
+                Err(e) => tracing::debug!(error = %e, "compiling in a child process failed; compiling in process"),
+            }
+        }
+        let artifact = self.engine.precompile_module(wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        if let Some(path) = &cached {
+            match write_atomically(path, &artifact) {
+                // Loaded from the file: its code is mapped, not copied.
+                Ok(()) => match load_artifact_file(&self.engine, path) {
+                    Ok(module) => return Ok(module),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot load the module just compiled from the cache")
+                    }
+                },
+                Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot write to the module cache"),
+            }
+        }
+        load_artifact(&self.engine, &artifact)
+    }
+
+    /// Cache key: the module's SHA-256 and a hash of everything in the
+    /// engine's configuration that compiled code depends on (wasmtime's
+    /// version among it).
+    fn artifact_key(&self, wasm: &[u8]) -> String {
+        use sha2::Digest as _;
+        use std::hash::{Hash as _, Hasher as _};
+        let mut engine = std::hash::DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut engine);
+        format!("{}-{:016x}", hex::encode(sha2::Sha256::digest(wasm)), engine.finish())
+    }
+
     /// Creates the engine, the pooling allocator, the linker and the epoch ticker.
     pub fn new(options: &RuntimeOptions) -> anyhow::Result<Self> {
-        let mut pool = PoolingAllocationConfig::new();
         let n = options.max_instances.max(1);
-        pool.total_core_instances(n)
-            .total_memories(n)
-            .total_tables(n)
-            .total_stacks(n)
-            .max_memories_per_module(1)
-            .table_elements(TABLE_ELEMENTS)
-            .max_tables_per_module(1)
-            .max_memory_size(usize::try_from(MAX_MEMORY_MIB << 20)?)
-            // Reset a used memory slot in place instead of unmapping it, so the
-            // next instance takes no page faults; with PAGEMAP_SCAN (Linux 6.7+)
-            // only the pages the guest dirtied are reset.
-            .linear_memory_keep_resident(KEEP_RESIDENT)
-            .table_keep_resident(64 << 10)
-            .pagemap_scan(wasmtime::Enabled::Auto);
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
-            .cranelift_opt_level(wasmtime::OptLevel::Speed);
-        if let Some(dir) = &options.cache_dir {
-            let mut cache = wasmtime::CacheConfig::new();
-            cache.with_directory(dir);
-            config.cache(Some(
-                wasmtime::Cache::new(cache).map_err(|e| anyhow::anyhow!("module cache {}: {e}", dir.display()))?,
-            ));
-        }
-        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))?;
+        let engine = Engine::new(&engine_config(n)?).map_err(|e| anyhow::anyhow!("creating the wasm engine: {e}"))?;
         let mut linker = Linker::new(&engine);
         abi::define_imports(&mut linker).map_err(|e| anyhow::anyhow!("defining host functions: {e}"))?;
         let ticker =
             EpochTicker::start(engine.clone()).map_err(|e| anyhow::anyhow!("starting the epoch ticker: {e}"))?;
-        Ok(Self { engine, linker, slots: Arc::new(Semaphore::new(n as usize)), ticker, max_instances: n })
+        let compiled = options.cache_dir.as_ref().map(|dir| dir.join("compiled"));
+        Ok(Self {
+            engine,
+            linker,
+            slots: Arc::new(Semaphore::new(n as usize)),
+            ticker,
+            max_instances: n,
+            compiled,
+            compiler: options.compiler.clone(),
+            compiles: Turns::new(std::thread::available_parallelism().map_or(1, usize::from)),
+        })
     }
 
-    /// Compiles a module, checks it against the ABI, and prepares it for
-    /// instantiation. CPU-heavy: call it off the async executor.
+    /// Compiles a module (or loads it from the cache), checks it against the
+    /// ABI, and prepares it for instantiation. CPU-heavy: call it off the
+    /// async executor.
     pub fn load(&self, name: &str, wasm: &[u8], limits: Limits) -> Result<PolicyModule, LoadError> {
-        let module = Module::new(&self.engine, wasm).map_err(|e| LoadError::Compile(format!("{e:#}")))?;
+        let module = self.module(wasm)?;
         abi::check_module(&module)?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| LoadError::Link(format!("{e:#}")))?;
         let ticker = self.ticker.handle().ok_or_else(|| LoadError::Link("the epoch ticker is not running".into()))?;
@@ -494,6 +626,68 @@ impl PolicyModule {
             .map_err(|_| EvalError::BadOutput(format!("answer at {out_ptr}+{out_len} lies outside memory")))?;
         Ok(out)
     }
+}
+
+/// Runs `compiler compile-module --output PATH`, the wasm on its stdin.
+fn compile_in_child(
+    compiler: &std::path::Path,
+    max_instances: u32,
+    wasm: &[u8],
+    output: &std::path::Path,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(compiler)
+        .args(["compile-module", "--max-instances", &max_instances.to_string(), "--output"])
+        .arg(output)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| anyhow::anyhow!("starting {}: {e}", compiler.display()))?;
+    // The child reads all of its input before it writes anything.
+    let written = child.stdin.take().map(|mut stdin| stdin.write_all(wasm));
+    let output = child.wait_with_output()?;
+    if let Some(Err(e)) = written {
+        anyhow::bail!("writing the module to the compiler: {e}");
+    }
+    if !output.status.success() {
+        anyhow::bail!("{}: {}", output.status, String::from_utf8_lossy(&output.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` by rename, so a reader never maps a partial file.
+pub fn write_atomically(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Loads a compiled artifact.
+///
+/// Only artifacts this server produced reach here: from its own engine, or
+/// from its own binary run as `compile-module`, or from its cache directory
+/// (which is as trusted as the binary: whoever can write there can run
+/// code, as with wasmtime's own cache). wasmtime checks that the artifact
+/// was compiled for this engine's configuration and refuses it otherwise.
+#[allow(unsafe_code)]
+fn load_artifact(engine: &Engine, artifact: &[u8]) -> Result<Module, LoadError> {
+    // SAFETY: `artifact` is the output of `Engine::precompile_module` of an
+    // engine configured as this one (see above), not outside input.
+    unsafe { Module::deserialize(engine, artifact) }.map_err(|e| LoadError::Compile(format!("{e:#}")))
+}
+
+/// [`load_artifact`] from a file of the cache directory, mapped.
+#[allow(unsafe_code)]
+fn load_artifact_file(engine: &Engine, path: &std::path::Path) -> Result<Module, LoadError> {
+    // SAFETY: as in `load_artifact`; the cache's files are written only by
+    // `Runtime::module` (atomically, by rename) and not changed while mapped.
+    unsafe { Module::deserialize_file(engine, path) }.map_err(|e| LoadError::Compile(format!("{e:#}")))
 }
 
 /// Maps whatever stopped an evaluation to an [`EvalError`].

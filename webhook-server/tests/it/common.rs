@@ -69,7 +69,10 @@ fn indent(extra: &str) -> String {
 /// `target/` so each module is compiled once per change, not once per test.
 pub fn runtime() -> Arc<Runtime> {
     let cache_dir = Some(workspace().join("target/test-module-cache"));
-    Arc::new(Runtime::new(&RuntimeOptions { max_instances: 32, cache_dir }).unwrap_or_else(|e| panic!("{e:#}")))
+    Arc::new(
+        Runtime::new(&RuntimeOptions { max_instances: 32, cache_dir, compiler: None })
+            .unwrap_or_else(|e| panic!("{e:#}")),
+    )
 }
 
 /// Loads `entries` (joined YAML list items) into a policy set.

@@ -5,6 +5,7 @@
 
 mod cli;
 mod common;
+mod compile;
 mod context_cluster;
 #[cfg(target_os = "linux")]
 mod faults;
