@@ -52,7 +52,9 @@ fn main() -> anyhow::Result<()> {
     );
 
     println!("{SAMPLES} samples after {WARMUP} warm-up, one at a time, fresh instance per evaluation");
-    println!("{:<60} {:>9} {:>9} {:>9} {:>9}", "", "p50 µs", "p90 µs", "p99 µs", "max µs");
+    println!("{:<60} {:>9} {:>9} {:>9} {:>9} {:>9}", "", "mean µs", "p50 µs", "p90 µs", "p99 µs", "max µs");
+    // `cargo xtask bench` divides the server's CPU per admission by these.
+    let mut summary = serde_json::Map::new();
     for (name, fixture) in CASES {
         let policy = set.get(name).cloned().ok_or_else(|| anyhow::anyhow!("{name} not loaded"))?;
         let body = std::fs::read(root.join(fixture))?;
@@ -68,7 +70,7 @@ fn main() -> anyhow::Result<()> {
             assert!(verdict.is_ok_and(|v| v.allowed), "{name} did not allow {file}");
             started.elapsed()
         });
-        report(&format!("{name}: evaluate ({file}, object {object_len} B)"), &evaluate);
+        let evaluate = report(&format!("{name}: evaluate ({file}, object {object_len} B)"), &evaluate);
         let full = measure(|| {
             let started = Instant::now();
             let incoming = admission::parse(&body).unwrap_or_else(|e| panic!("{e}"));
@@ -80,7 +82,11 @@ fn main() -> anyhow::Result<()> {
             assert!(!body.is_empty());
             started.elapsed()
         });
-        report(&format!("{name}: parse+evaluate+respond"), &full);
+        let full = report(&format!("{name}: parse+evaluate+respond"), &full);
+        summary.insert(name.to_string(), serde_json::json!({"evaluate": evaluate, "parse_evaluate_respond": full}));
+    }
+    if let Some(out) = std::env::var_os("PORTCULLIS_BENCH_SUMMARY_OUT") {
+        std::fs::write(&out, serde_json::to_string_pretty(&summary)?)?;
     }
     Ok(())
 }
@@ -130,7 +136,11 @@ fn measure(mut f: impl FnMut() -> Duration) -> Vec<Duration> {
     samples
 }
 
-fn report(label: &str, sorted: &[Duration]) {
+/// Prints one row and returns it as JSON (µs).
+fn report(label: &str, sorted: &[Duration]) -> serde_json::Value {
     let at = |q: f64| sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)].as_secs_f64() * 1e6;
-    println!("{label:<60} {:>9.1} {:>9.1} {:>9.1} {:>9.1}", at(0.50), at(0.90), at(0.99), at(1.0));
+    let mean = sorted.iter().map(Duration::as_secs_f64).sum::<f64>() / sorted.len() as f64 * 1e6;
+    let (p50, p90, p99, max) = (at(0.50), at(0.90), at(0.99), at(1.0));
+    println!("{label:<60} {mean:>9.1} {p50:>9.1} {p90:>9.1} {p99:>9.1} {max:>9.1}");
+    serde_json::json!({"mean": mean, "p50": p50, "p90": p90, "p99": p99, "max": max})
 }

@@ -61,7 +61,7 @@ enum Task {
     /// Run the end-to-end suite against a local kube-apiserver and etcd (built once, cached).
     E2e(e2e::Options),
     /// Measure evaluation latency, HTTPS throughput, start-up time and memory.
-    Bench,
+    Bench(bench::Options),
     /// Run the fuzz targets of fuzz/ (cargo-fuzz, installed if missing), each for a bounded time.
     Fuzz(fuzz::Options),
     /// Soak the release server at half its peak throughput (RSS watched), then the faults under load at full size.
@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
         }
         Task::Run { addr, config } => run(&root, &addr, config)?,
         Task::Test { no_e2e } => test(&root, no_e2e)?,
-        Task::Bench => bench::bench(&root)?,
+        Task::Bench(options) => bench::bench(&root, &options)?,
         Task::E2e(options) => e2e::run(&root, &options)?,
         Task::Image(options) => image::run(&root, &options)?,
         Task::NewPolicy(options) => new_policy::run(&root, &options)?,
