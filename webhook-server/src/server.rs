@@ -385,7 +385,7 @@ async fn answer(
         name = %req.name,
         operation = ?req.operation,
     );
-    let result = policy.evaluate_until(incoming.raw.get(), until).instrument(span.clone()).await;
+    let result = policy.evaluate_until(incoming.raw.get(), until).instrument(span).await;
     let decision = admission::decide(&policy, endpoint, &incoming, result);
     let body = decision.to_json().unwrap_or_default();
     let elapsed = started.elapsed();

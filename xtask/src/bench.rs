@@ -301,6 +301,7 @@ impl Bench {
         }
         Ok(json!({
             "policy": case.policy,
+            "label": case.policy,
             "request_bytes": std::fs::metadata(self.root.join(case.body))?.len(),
             "closed": closed,
             "open": open,
@@ -320,7 +321,9 @@ impl Bench {
         });
         drop(server);
         let _ = std::fs::remove_dir(&cgroup);
-        result
+        let mut result = result?;
+        result["label"] = json!(format!("{} (1 CPU)", case.policy));
+        Ok(result)
     }
 }
 
@@ -401,7 +404,7 @@ fn summary(results: &Value) {
         let inside = f(&results["in_process"][name]["parse_evaluate_respond"]["mean"]);
         println!(
             "{:<26} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>11.1} {:>11.1} {:>7.2}",
-            if std::ptr::eq(p, &results["one_cpu"]) { format!("{name} (1 CPU)") } else { name.to_owned() },
+            p["label"].as_str().unwrap_or(name),
             f(&c["achieved_rate"]),
             f(&c["latency_us"]["p50"]),
             f(&c["latency_us"]["p99"]),
@@ -416,8 +419,7 @@ fn summary(results: &Value) {
         "open loop", "offered", "achieved", "p50 µs", "p99 µs", "p99.9 µs", ""
     );
     for p in rows.filter(|p| !p.is_null()) {
-        let name = p["policy"].as_str().unwrap_or("");
-        let name = if std::ptr::eq(p, &results["one_cpu"]) { format!("{name} (1 CPU)") } else { name.to_owned() };
+        let name = p["label"].as_str().unwrap_or("");
         for o in p["open"].as_array().into_iter().flatten() {
             println!(
                 "{:<26} {:>9.0} {:>9.0} {:>8.0} {:>8.0} {:>9.0} {:>10}",
