@@ -279,11 +279,23 @@ impl PolicySet {
     ) -> Result<Self> {
         let fetches = config.policies.iter().map(|p| sources.fetch(&p.name, &p.module));
         let modules = futures::future::try_join_all(fetches).await?;
+        // Compiling is CPU- and memory-heavy and already parallel inside (a
+        // thread per core): more compilations at once than cores only add
+        // peak memory.
+        let turns = Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from)));
         let mut tasks = Vec::new();
         for (policy, wasm) in config.policies.iter().zip(modules) {
             let runtime = runtime.clone();
             let policy = policy.clone();
-            tasks.push(tokio::task::spawn_blocking(move || compile(&runtime, policy, &wasm)));
+            let turn = turns
+                .clone()
+                .acquire_owned()
+                .await
+                .map_err(|e| Error::Task { policy: policy.name.clone(), message: e.to_string() })?;
+            tasks.push(tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                compile(&runtime, policy, &wasm)
+            }));
         }
         let mut compiled = Vec::new();
         for (task, policy) in tasks.into_iter().zip(&config.policies) {

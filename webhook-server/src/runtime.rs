@@ -268,40 +268,6 @@ pub struct Runtime {
     compiled: Option<PathBuf>,
     /// See [`RuntimeOptions::compiler`].
     compiler: Option<PathBuf>,
-    compiles: Turns,
-}
-
-/// A counting semaphore for blocking threads: compilations run at once.
-#[derive(Debug)]
-struct Turns {
-    running: std::sync::Mutex<usize>,
-    freed: std::sync::Condvar,
-    max: usize,
-}
-
-impl Turns {
-    fn new(max: usize) -> Self {
-        Self { running: std::sync::Mutex::new(0), freed: std::sync::Condvar::new(), max: max.max(1) }
-    }
-
-    /// Waits for a free turn; the turn ends when the guard drops.
-    fn turn(&self) -> Turn<'_> {
-        let mut running = self.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        while *running >= self.max {
-            running = self.freed.wait(running).unwrap_or_else(std::sync::PoisonError::into_inner);
-        }
-        *running += 1;
-        Turn(self)
-    }
-}
-
-struct Turn<'a>(&'a Turns);
-
-impl Drop for Turn<'_> {
-    fn drop(&mut self) {
-        *self.0.running.lock().unwrap_or_else(std::sync::PoisonError::into_inner) -= 1;
-        self.0.freed.notify_one();
-    }
 }
 
 impl Runtime {
@@ -317,9 +283,6 @@ impl Runtime {
                 }
             }
         }
-        // Compiling is CPU- and memory-heavy and already parallel inside
-        // (one thread per core): more at once than cores only adds peak memory.
-        let _turn = self.compiles.turn();
         if let Some(compiler) = &self.compiler {
             // The child writes the artifact to the cache (or a file of its
             // own that is removed once mapped): the artifact's megabytes
@@ -389,7 +352,6 @@ impl Runtime {
             max_instances: n,
             compiled,
             compiler: options.compiler.clone(),
-            compiles: Turns::new(std::thread::available_parallelism().map_or(1, usize::from)),
         })
     }
 
