@@ -283,23 +283,29 @@ impl PolicySet {
         // thread per core): more compilations at once than cores only add
         // peak memory.
         let turns = Arc::new(tokio::sync::Semaphore::new(std::thread::available_parallelism().map_or(1, usize::from)));
+        // Largest module first: the longest compilation starts at once
+        // instead of after the short ones, so the last one ends sooner.
+        let mut order: Vec<(&PolicyConfig, Vec<u8>)> = config.policies.iter().zip(modules).collect();
+        order.sort_by_key(|(_, wasm)| std::cmp::Reverse(wasm.len()));
         let mut tasks = Vec::new();
-        for (policy, wasm) in config.policies.iter().zip(modules) {
+        for (policy, wasm) in order {
             let runtime = runtime.clone();
             let policy = policy.clone();
+            let name = policy.name.clone();
             let turn = turns
                 .clone()
                 .acquire_owned()
                 .await
                 .map_err(|e| Error::Task { policy: policy.name.clone(), message: e.to_string() })?;
-            tasks.push(tokio::task::spawn_blocking(move || {
+            let task = tokio::task::spawn_blocking(move || {
                 let _turn = turn;
                 compile(&runtime, policy, &wasm)
-            }));
+            });
+            tasks.push((name, task));
         }
         let mut compiled = Vec::new();
-        for (task, policy) in tasks.into_iter().zip(&config.policies) {
-            let result = task.await.map_err(|e| Error::Task { policy: policy.name.clone(), message: e.to_string() })?;
+        for (name, task) in tasks {
+            let result = task.await.map_err(|e| Error::Task { policy: name, message: e.to_string() })?;
             compiled.push(result?);
         }
         let mut policies = HashMap::new();
