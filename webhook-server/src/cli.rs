@@ -338,6 +338,10 @@ pub fn init_tracing(format: LogFormat) {
     };
 }
 
+/// How often `serve` looks whether a burst of requests is over, to give
+/// the memory it freed back to the system ([`crate::memory`]).
+const TRIM_PERIOD: Duration = Duration::from_secs(5);
+
 /// Loads everything, binds, serves until SIGTERM or Ctrl-C, drains.
 pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = Config::load(&args.config)?;
@@ -407,6 +411,8 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .with_sources(sources);
     tokio::spawn(watcher.watch(interval));
+    // Memory a burst of connections freed goes back to the system once it is over.
+    tokio::spawn(crate::memory::release_after_bursts(state.clone(), TRIM_PERIOD, crate::memory::trim));
 
     let listener = tokio::net::TcpListener::bind(args.addr).await.with_context(|| format!("binding {}", args.addr))?;
     let scheme = if tls.is_some() { "https" } else { "http" };

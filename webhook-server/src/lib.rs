@@ -8,8 +8,9 @@
 //! answers context-aware policies' lookups from watch-backed caches.
 //! [`config`] reads the policy config, [`reload`] swaps it at run time, [`oci`]
 //! fetches modules from OCI registries, [`tls`] holds the certificate,
-//! [`metrics`] the Prometheus series, [`offline`] the `run` subcommand, and
-//! [`cli`] the command line.
+//! [`metrics`] the Prometheus series, [`memory`] gives the allocator's free
+//! memory back after bursts, [`offline`] the `run` subcommand, and [`cli`]
+//! the command line.
 
 pub mod abi;
 pub mod admission;
@@ -17,6 +18,7 @@ pub mod cases;
 pub mod cli;
 pub mod config;
 pub mod context;
+pub mod memory;
 pub mod metrics;
 pub mod oci;
 pub mod offline;

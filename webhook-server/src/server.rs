@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -109,6 +109,10 @@ pub struct AppState {
     pub limits: RequestLimits,
     /// Admission requests in flight.
     in_flight: Semaphore,
+    /// Permits of `in_flight` when none is taken.
+    in_flight_capacity: usize,
+    /// Admission requests taken in so far.
+    taken: AtomicU64,
     /// KiB of request bodies held.
     buffered: Semaphore,
     /// The context caches; `/readyz` waits for them to sync.
@@ -138,6 +142,8 @@ impl AppState {
             ready: AtomicBool::new(true),
             limits,
             in_flight: Semaphore::new(limits.max_in_flight.min(Semaphore::MAX_PERMITS)),
+            in_flight_capacity: limits.max_in_flight.min(Semaphore::MAX_PERMITS),
+            taken: AtomicU64::new(0),
             buffered: Semaphore::new(kib(limits.max_buffered_bytes).min(Semaphore::MAX_PERMITS)),
             context: Arc::new(ContextStore::default()),
             runtime: None,
@@ -154,6 +160,16 @@ impl AppState {
     /// Records (or clears) why the policies are not served yet.
     pub fn set_load_error(&self, error: Option<String>) {
         *self.load_error.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = error;
+    }
+}
+
+impl crate::memory::Activity for AppState {
+    fn answered(&self) -> u64 {
+        self.taken.load(Ordering::Relaxed)
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.available_permits() == self.in_flight_capacity
     }
 }
 
@@ -275,6 +291,7 @@ async fn admit(
         let until = api_server_deadline(request.uri().query(), started);
         let _in_flight =
             state.in_flight.try_acquire().map_err(|_| ApiError::Overloaded("too many requests in flight"))?;
+        state.taken.fetch_add(1, Ordering::Relaxed);
         let (body, _buffered) = read_body(&state, request).await?;
         answer(&state, &name, endpoint, &body, started, until).await
     }
