@@ -63,6 +63,17 @@ pub enum Command {
     Bench(BenchArgs),
     /// Publish a module to an OCI registry; prints its pinned `oci://…@sha256:…` reference last.
     Push(PushArgs),
+    /// Compile modules ahead of time into a directory for `serve
+    /// --precompiled` (as the image build does for the built-in policies);
+    /// prints each file written.
+    Precompile {
+        /// Directory to write the compiled modules to.
+        #[arg(long)]
+        output: PathBuf,
+        /// Wasm modules (checked against the ABI first).
+        #[arg(required = true)]
+        modules: Vec<PathBuf>,
+    },
     /// Internal: compile the wasm module on stdin into a file (`serve`
     /// compiles in this child process so that the compiler's memory is not kept).
     #[command(hide = true)]
@@ -83,6 +94,22 @@ pub fn compile_module(max_instances: u32, output: &Path) -> anyhow::Result<()> {
     std::io::stdin().read_to_end(&mut wasm)?;
     let artifact = crate::runtime::compile_artifact(max_instances, &wasm)?;
     crate::runtime::write_atomically(output, &artifact).with_context(|| format!("writing {}", output.display()))
+}
+
+/// `webhook-server precompile`: see [`Command::Precompile`]. Returns the
+/// files written, one per module.
+pub fn precompile(output: &Path, modules: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 1, ..RuntimeOptions::default() })?;
+    let mut written = Vec::new();
+    for module in modules {
+        let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+        let name = crate::cases::name_for(&module.to_string_lossy());
+        let limits = crate::config::PolicyConfig::for_tests(&name)?.limits();
+        // What would not load when served is not shipped.
+        runtime.load(&name, &wasm, limits).with_context(|| format!("module {}", module.display()))?;
+        written.push(runtime.precompile_into(output, &wasm).with_context(|| format!("module {}", module.display()))?);
+    }
+    Ok(written)
 }
 
 /// How `oci://` modules are fetched (and pushed).
@@ -211,6 +238,11 @@ pub struct ServeArgs {
     /// digest), so restarts skip compilation and need no registry.
     #[arg(long, env = "PORTCULLIS_MODULE_CACHE")]
     pub module_cache: Option<PathBuf>,
+    /// Read-only directory of compiled modules written by `webhook-server
+    /// precompile` (the image ships the built-in policies' in
+    /// `/policies/compiled`), looked in before compiling.
+    #[arg(long, env = "PORTCULLIS_PRECOMPILED")]
+    pub precompiled: Option<PathBuf>,
     /// Registry options for `oci://` modules.
     #[command(flatten)]
     pub registry: RegistryArgs,
@@ -352,6 +384,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         // Compile in a child process (this binary) so the compiler's memory
         // is returned when it exits; in process if the binary is not found.
         compiler: std::env::current_exe().ok(),
+        precompiled: args.precompiled.clone(),
     })?);
     let metrics = Arc::new(Metrics::new());
     let context = Arc::new(ContextStore::new(Some(metrics.clone())));
@@ -428,7 +461,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
 /// Loads a config and its modules and validates every policy's settings.
 pub async fn check(config: &std::path::Path, registry: &RegistryArgs) -> anyhow::Result<Vec<String>> {
     let config = Config::load(config)?;
-    let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None, compiler: None })?);
+    let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, ..RuntimeOptions::default() })?);
     let sources = registry.sources(None, None)?;
     let set = PolicySet::load_from(&runtime, &config, &Arc::new(ContextStore::default()), &sources).await?;
     Ok(set.names().into_iter().map(str::to_owned).collect())
@@ -446,7 +479,7 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
     let target: crate::oci::PushTarget = args.target.parse()?;
     let wasm = std::fs::read(&args.file).with_context(|| format!("reading {}", args.file.display()))?;
     let name = crate::cases::name_for(&args.file.to_string_lossy());
-    let runtime = Runtime::new(&RuntimeOptions { max_instances: 1, cache_dir: None, compiler: None })?;
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 1, ..RuntimeOptions::default() })?;
     let limits = crate::config::PolicyConfig::for_tests(&name)?.limits();
     runtime
         .load(&name, &wasm, limits)
@@ -467,7 +500,7 @@ pub async fn push(args: &PushArgs) -> anyhow::Result<()> {
 /// the counts of passed and failed cases.
 pub async fn test(args: &TestArgs) -> anyhow::Result<(usize, usize)> {
     let wasm = read_module(&args.module, &args.registry).await?;
-    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None, compiler: None })?;
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, ..RuntimeOptions::default() })?;
     let name = crate::cases::name_for(&args.module);
     let mut runner = crate::cases::CaseRunner::new(&runtime, &name, &wasm)?;
     if !args.grants.is_empty() {
@@ -517,7 +550,7 @@ pub async fn bench(args: &BenchArgs) -> anyhow::Result<()> {
     if let Some(file) = &args.context {
         store.fill_from_file(file, &[]).map_err(|e| anyhow::anyhow!(e))?;
     }
-    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None, compiler: None })?;
+    let runtime = Runtime::new(&RuntimeOptions { max_instances: 4, ..RuntimeOptions::default() })?;
     let module =
         runtime.load(&name, &wasm, config.limits()).map_err(|e| anyhow::anyhow!("module {name} was refused: {e}"))?;
     let sha256 = {

@@ -9,8 +9,16 @@ fn main() -> ExitCode {
     lazy_code_pages();
     let cli = Cli::parse();
     cli::init_tracing(cli.log_format);
-    if let Command::CompileModule { max_instances, output } = &cli.command {
-        return report(cli::compile_module(*max_instances, output));
+    match &cli.command {
+        Command::CompileModule { max_instances, output } => return report(cli::compile_module(*max_instances, output)),
+        Command::Precompile { output, modules } => {
+            return report(cli::precompile(output, modules).map(|files| {
+                for file in files {
+                    println!("{}", file.display());
+                }
+            }));
+        }
+        _ => {}
     }
     let workers = match &cli.command {
         Command::Serve(args) => args.workers,
@@ -45,7 +53,7 @@ fn main() -> ExitCode {
             },
             Command::Bench(args) => report(cli::bench(&args).await),
             Command::Push(args) => report(cli::push(&args).await),
-            Command::CompileModule { .. } => ExitCode::FAILURE,
+            Command::CompileModule { .. } | Command::Precompile { .. } => ExitCode::FAILURE,
             Command::Run(args) => {
                 match webhook_server::offline::run(
                     &args.config,

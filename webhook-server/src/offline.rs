@@ -46,7 +46,7 @@ pub async fn run(
         }
         None => store.fill(Vec::new(), &config.granted_kinds()),
     }
-    let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, cache_dir: None, compiler: None })?);
+    let runtime = Arc::new(Runtime::new(&RuntimeOptions { max_instances: 4, ..RuntimeOptions::default() })?);
     let set = PolicySet::load_from(&runtime, &config, &store, &registry.sources(None, None)?).await?;
     let policy = set.get(name).context("policy vanished after loading")?;
     let body = std::fs::read(request).with_context(|| format!("reading {}", request.display()))?;

@@ -165,11 +165,16 @@ pub struct RuntimeOptions {
     /// of MiB per module) then ends with the child instead of staying in
     /// this process's allocator. `None`: compile in process.
     pub compiler: Option<PathBuf>,
+    /// A read-only directory of compiled modules, named as in the cache
+    /// (`<sha256>-<engine>.cwasm`), consulted before compiling: the image
+    /// ships the built-in policies' there (`webhook-server precompile`), so
+    /// a pod's first start compiles nothing.
+    pub precompiled: Option<PathBuf>,
 }
 
 impl Default for RuntimeOptions {
     fn default() -> Self {
-        Self { max_instances: 128, cache_dir: None, compiler: None }
+        Self { max_instances: 128, cache_dir: None, compiler: None, precompiled: None }
     }
 }
 
@@ -268,14 +273,19 @@ pub struct Runtime {
     compiled: Option<PathBuf>,
     /// See [`RuntimeOptions::compiler`].
     compiler: Option<PathBuf>,
+    /// See [`RuntimeOptions::precompiled`].
+    precompiled: Option<PathBuf>,
 }
 
 impl Runtime {
-    /// The compiled module for `wasm`: from the cache, else compiled (in the
-    /// child process when one is configured, else here) and cached.
+    /// The compiled module for `wasm`: from the cache or the precompiled
+    /// directory, else compiled (in the child process when one is
+    /// configured, else here) and cached.
     fn module(&self, wasm: &[u8]) -> Result<Module, LoadError> {
-        let cached = self.compiled.as_ref().map(|dir| dir.join(format!("{}.cwasm", self.artifact_key(wasm))));
-        if let Some(path) = cached.as_ref().filter(|p| p.is_file()) {
+        let file = format!("{}.cwasm", self.artifact_key(wasm));
+        let cached = self.compiled.as_ref().map(|dir| dir.join(&file));
+        let shipped = self.precompiled.as_ref().map(|dir| dir.join(&file));
+        for path in [&cached, &shipped].into_iter().flatten().filter(|p| p.is_file()) {
             match load_artifact_file(&self.engine, path) {
                 Ok(module) => return Ok(module),
                 Err(e) => {
@@ -352,7 +362,19 @@ impl Runtime {
             max_instances: n,
             compiled,
             compiler: options.compiler.clone(),
+            precompiled: options.precompiled.clone(),
         })
+    }
+
+    /// Compiles `wasm` (here, not in a child) into `dir`, under the name
+    /// [`RuntimeOptions::precompiled`] looks for; returns the file written.
+    /// The name does not depend on `max_instances`, so one artifact serves
+    /// every pool size.
+    pub fn precompile_into(&self, dir: &std::path::Path, wasm: &[u8]) -> anyhow::Result<PathBuf> {
+        let artifact = self.engine.precompile_module(wasm).map_err(|e| anyhow::anyhow!("compiling: {e:#}"))?;
+        let path = dir.join(format!("{}.cwasm", self.artifact_key(wasm)));
+        write_atomically(&path, &artifact).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+        Ok(path)
     }
 
     /// Compiles a module (or loads it from the cache), checks it against the

@@ -8,7 +8,11 @@
 //! writer copies the shared libraries the binary links against from the
 //! build machine, found with `ldd`, so the binary runs exactly as built.
 //! The binary is stripped (`strip --strip-debug`): the line tables are most
-//! of its size.
+//! of its size. The built-in policies are also shipped compiled, under
+//! `/policies/compiled` (`webhook-server precompile`; the chart passes
+//! `--precompiled`), so a pod's first start loads them instead of compiling
+//! (when the node's CPU lacks a feature the build machine's had, the server
+//! finds them unusable and compiles, as without them).
 //!
 //! The tar is what `ctr -n k8s.io images import` (and `docker load`,
 //! `podman load`, `skopeo`) take: `oci-layout`, `index.json` and
@@ -116,9 +120,20 @@ pub fn webhook_image(root: &Path, out: &Path, name: &str, e2e: bool) -> anyhow::
     entries.push(Entry::file("/usr/local/bin/webhook-server", read(&stripped)?, 0o755));
     entries.extend(shared_libraries(&stripped)?);
     entries.push(Entry::dir("/policies", 0o755, 0));
-    for module in wasm_files(&policies)? {
-        let name = file_name(&module)?;
-        entries.push(Entry::file(&format!("/policies/{name}"), read(&module)?, 0o444));
+    let modules = wasm_files(&policies)?;
+    for module in &modules {
+        let name = file_name(module)?;
+        entries.push(Entry::file(&format!("/policies/{name}"), read(module)?, 0o444));
+    }
+    let compiled = root.join("target/image/compiled");
+    if compiled.exists() {
+        std::fs::remove_dir_all(&compiled).with_context(|| format!("removing {}", compiled.display()))?;
+    }
+    run_cmd(Command::new(&binary).arg("precompile").arg("--output").arg(&compiled).args(&modules))?;
+    entries.push(Entry::dir("/policies/compiled", 0o755, 0));
+    for artifact in files_with_extension(&compiled, "cwasm")? {
+        let name = file_name(&artifact)?;
+        entries.push(Entry::file(&format!("/policies/compiled/{name}"), read(&artifact)?, 0o444));
     }
     if e2e {
         entries.push(Entry::dir("/policies/test-guests", 0o755, 0));
@@ -195,10 +210,14 @@ fn shared_libraries(binary: &Path) -> anyhow::Result<Vec<Entry>> {
 }
 
 fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    files_with_extension(dir, "wasm")
+}
+
+fn files_with_extension(dir: &Path, extension: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+        .filter(|p| p.extension().is_some_and(|e| e == extension))
         .collect();
     files.sort();
     Ok(files)

@@ -70,7 +70,7 @@ fn indent(extra: &str) -> String {
 pub fn runtime() -> Arc<Runtime> {
     let cache_dir = Some(workspace().join("target/test-module-cache"));
     Arc::new(
-        Runtime::new(&RuntimeOptions { max_instances: 32, cache_dir, compiler: None })
+        Runtime::new(&RuntimeOptions { max_instances: 32, cache_dir, ..RuntimeOptions::default() })
             .unwrap_or_else(|e| panic!("{e:#}")),
     )
 }

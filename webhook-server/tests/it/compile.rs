@@ -13,8 +13,33 @@ use webhook_server::runtime::{Runtime, RuntimeOptions};
 use crate::common::{chain, entry, fixture, load, load_ok, policy_module, raw_request};
 
 fn runtime(cache: Option<&Path>, compiler: Option<PathBuf>) -> Arc<Runtime> {
-    let options = RuntimeOptions { max_instances: 8, cache_dir: cache.map(Path::to_path_buf), compiler };
+    let options =
+        RuntimeOptions { max_instances: 8, cache_dir: cache.map(Path::to_path_buf), compiler, precompiled: None };
     Arc::new(Runtime::new(&options).unwrap_or_else(|e| panic!("{e:#}")))
+}
+
+/// A runtime with an (empty) cache, no child compiler and `precompiled`:
+/// anything it compiles lands in the cache.
+fn runtime_with_precompiled(cache: &Path, precompiled: &Path) -> Arc<Runtime> {
+    let options = RuntimeOptions {
+        max_instances: 8,
+        cache_dir: Some(cache.to_path_buf()),
+        compiler: None,
+        precompiled: Some(precompiled.to_path_buf()),
+    };
+    Arc::new(Runtime::new(&options).unwrap_or_else(|e| panic!("{e:#}")))
+}
+
+/// `webhook-server precompile --output DIR MODULES...`: its exit status, stdout and stderr.
+fn precompile(output: &Path, modules: &[PathBuf]) -> (bool, String, String) {
+    let out = Command::new(server_binary())
+        .arg("precompile")
+        .arg("--output")
+        .arg(output)
+        .args(modules)
+        .output()
+        .unwrap_or_else(|e| panic!("{e}"));
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
 }
 
 fn server_binary() -> PathBuf {
@@ -121,4 +146,37 @@ fn compile_module_fails_with_the_engines_error_and_writes_nothing() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.starts_with("error: "), "{stderr}");
     assert!(!output.exists(), "an artifact was written for a broken module");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precompiled_modules_are_loaded_instead_of_compiled() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let shipped = dir.path().join("shipped");
+    let (ok, stdout, stderr) = precompile(&shipped, &[policy_module("ingress-tls")]);
+    assert!(ok, "{stderr}");
+    let listed: Vec<PathBuf> = stdout.lines().map(PathBuf::from).collect();
+    assert_eq!(listed.len(), 1, "{stdout}");
+    assert!(listed[0].starts_with(&shipped) && listed[0].is_file(), "{stdout}");
+
+    // Written by a runtime of one instance, used by one of eight: nothing
+    // compiled, so nothing written to the cache.
+    let cache = dir.path().join("cache");
+    ingress_tls_allows(&runtime_with_precompiled(&cache, &shipped)).await;
+    assert!(compiled(&cache).is_empty(), "compiled although precompiled: {:?}", compiled(&cache));
+
+    // A damaged artifact is passed over: the module is compiled (and cached) instead.
+    std::fs::write(&listed[0], b"\x7fELF but not a module").unwrap_or_else(|e| panic!("{e}"));
+    ingress_tls_allows(&runtime_with_precompiled(&cache, &shipped)).await;
+    assert_eq!(compiled(&cache).len(), 1, "the damaged precompiled module was not replaced by a compilation");
+}
+
+#[test]
+fn precompile_refuses_what_would_not_load_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+    let broken = dir.path().join("broken.wasm");
+    std::fs::write(&broken, b"this is not a wasm module").unwrap_or_else(|e| panic!("{e}"));
+    let output = dir.path().join("out");
+    let (ok, _, stderr) = precompile(&output, &[broken]);
+    assert!(!ok && stderr.starts_with("error: ") && stderr.contains("broken.wasm"), "{stderr}");
+    assert!(!output.exists() || std::fs::read_dir(&output).map(|d| d.count()).unwrap_or(0) == 0, "wrote an artifact");
 }
