@@ -4,8 +4,9 @@
 //!    parse+evaluate+respond, of each policy's request.
 //! 2. Start-up and memory of the release server with the four policies of
 //!    `benches/bench.yaml`: time to ready and idle RSS after a cold start
-//!    (no compiled modules yet), from the module cache, and with the 2,000
-//!    context objects the lookups are answered from.
+//!    (no compiled modules yet), from the module cache, from precompiled
+//!    modules (`--precompiled`, as the image ships them), and with the
+//!    2,000 context objects the lookups are answered from.
 //! 3. Over HTTPS with keep-alive (`loadgen`, this workspace's generator),
 //!    for allow-all and each built-in policy: the closed loop at two
 //!    connections (throughput, latency, and the server's CPU time per
@@ -16,7 +17,9 @@
 //!    or wrong verdict fails the benchmark.
 //! 4. The same for ingress-tls with the server limited to one CPU, as the
 //!    chart deploys it (a CFS quota of one CPU in a cgroup of its own).
-//! 5. RSS after the load, and the binary's sizes.
+//! 5. RSS after the load (at once, and once the server has given the
+//!    allocator's free pages back, 5 s after the last request), and the
+//!    binary's sizes.
 //!
 //! Results go to stdout, a summary table at the end, and
 //! `target/bench/results.json`.
@@ -126,12 +129,18 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
 
     // 2. Start-up and idle memory.
     println!();
-    let cold = bench.start_idle("cold start (modules compiled), no context objects", false, &empty_context)?;
-    let cached = bench.start_idle("from the module cache, no context objects", true, &empty_context)?;
-    let cached_objects = bench.start_idle("from the module cache, 2,000 context objects", true, &context)?;
+    let cold =
+        bench.start_idle("cold start (modules compiled), no context objects", Modules::Compiled, &empty_context)?;
+    let cached = bench.start_idle("from the module cache, no context objects", Modules::Cached, &empty_context)?;
+    let precompiled = bench.start_idle(
+        "precompiled (--precompiled, as in the image), no context objects",
+        Modules::Precompiled,
+        &empty_context,
+    )?;
+    let cached_objects = bench.start_idle("from the module cache, 2,000 context objects", Modules::Cached, &context)?;
 
     // 3. Load, on a server with the 2,000 objects.
-    let server = bench.start(true, &context, None)?;
+    let server = bench.start(Modules::Cached, &context, None)?;
     std::thread::sleep(Duration::from_secs(1));
     let idle_before_load = rss_kib(server.pid(), "VmRSS")?;
     let mut policies = Vec::new();
@@ -139,6 +148,9 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
         policies.push(bench.policy(&server, case, &in_process, &open_rates)?);
     }
     let after_load = rss_kib(server.pid(), "VmRSS")?;
+    // The server trims the allocator 5 s after a burst ends (`memory.rs`).
+    std::thread::sleep(Duration::from_secs(7));
+    let settled = rss_kib(server.pid(), "VmRSS")?;
     let peak = rss_kib(server.pid(), "VmHWM")?;
     drop(server);
 
@@ -150,7 +162,7 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
                 cache: work.join("baseline-module-cache"),
                 ..bench.clone()
             };
-            let server = other.start(true, &context, None)?;
+            let server = other.start(Modules::Cached, &context, None)?;
             let mut rows = Vec::new();
             for case in &CASES {
                 rows.push(json!({"policy": case.policy, "closed": other.load(&server, case, None, "baseline")?}));
@@ -167,8 +179,8 @@ pub fn bench(root: &Path, options: &Options) -> anyhow::Result<()> {
     let sizes = sizes(root)?;
 
     let results = json!({
-        "start": {"cold": cold, "cached": cached, "cached_with_context_objects": cached_objects},
-        "rss_kib": {"idle_before_load": idle_before_load, "after_load": after_load, "peak": peak},
+        "start": {"cold": cold, "cached": cached, "precompiled": precompiled, "cached_with_context_objects": cached_objects},
+        "rss_kib": {"idle_before_load": idle_before_load, "after_load": after_load, "after_load_settled": settled, "peak": peak},
         "policies": policies,
         "one_cpu": one_cpu,
         "baseline": baseline,
@@ -190,6 +202,17 @@ fn open_rates(peak: f64) -> Vec<f64> {
     rates
 }
 
+/// Where the server's compiled modules come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Modules {
+    /// Compiled at start into a fresh cache, as at a pod's first start without precompiled modules.
+    Compiled,
+    /// The module cache.
+    Cached,
+    /// `--precompiled` (written by `webhook-server precompile`), with a fresh cache.
+    Precompiled,
+}
+
 #[derive(Clone)]
 struct Bench {
     binary: PathBuf,
@@ -204,9 +227,9 @@ struct Bench {
 }
 
 impl Bench {
-    /// Starts the server (with the module cache or with none), optionally
+    /// Starts the server with its modules from `modules`, optionally
     /// inside `cgroup`, and waits until it is ready.
-    fn start(&self, use_cache: bool, context: &Path, cgroup: Option<&Path>) -> anyhow::Result<Server> {
+    fn start(&self, modules: Modules, context: &Path, cgroup: Option<&Path>) -> anyhow::Result<Server> {
         let port = free_port()?;
         let mut cmd = match cgroup {
             // Joins the cgroup before exec, so the server sizes its worker
@@ -232,13 +255,16 @@ impl Bench {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        if use_cache {
+        if modules == Modules::Cached {
             cmd.arg("--module-cache").arg(&self.cache);
         } else {
-            // A cold start: compiled in a fresh directory, as a pod's first start.
+            // A fresh directory, as at a pod's first start.
             let fresh = self.work.join("cold-cache");
             let _ = std::fs::remove_dir_all(&fresh);
             cmd.arg("--module-cache").arg(&fresh);
+        }
+        if modules == Modules::Precompiled {
+            cmd.arg("--precompiled").arg(self.precompiled()?);
         }
         let started = Instant::now();
         let child = cmd.spawn().context("starting webhook-server")?;
@@ -248,12 +274,28 @@ impl Bench {
         Ok(server)
     }
 
-    /// Start-to-ready and idle RSS (two seconds after ready).
-    fn start_idle(&self, label: &str, use_cache: bool, context: &Path) -> anyhow::Result<Value> {
-        if use_cache && !self.cache.join("compiled").is_dir() {
-            drop(self.start(true, context, None)?); // fills the cache
+    /// The built-in policies and allow-all compiled by `webhook-server
+    /// precompile`, as the image build does (once).
+    fn precompiled(&self) -> anyhow::Result<PathBuf> {
+        let dir = self.work.join("precompiled");
+        if !dir.is_dir() {
+            let policies = self.root.join("target/policies");
+            let mut modules: Vec<PathBuf> = std::fs::read_dir(&policies)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
+                .collect();
+            modules.push(policies.join("test-guests/allow_all.wasm"));
+            run_cmd(Command::new(&self.binary).arg("precompile").arg("--output").arg(&dir).args(&modules))?;
         }
-        let server = self.start(use_cache, context, None)?;
+        Ok(dir)
+    }
+
+    /// Start-to-ready and idle RSS (two seconds after ready).
+    fn start_idle(&self, label: &str, modules: Modules, context: &Path) -> anyhow::Result<Value> {
+        if modules == Modules::Cached && !self.cache.join("compiled").is_dir() {
+            drop(self.start(Modules::Cached, context, None)?); // fills the cache
+        }
+        let server = self.start(modules, context, None)?;
         std::thread::sleep(Duration::from_secs(2));
         let rss = rss_kib(server.pid(), "VmRSS")?;
         let ms = server.ready_after.as_secs_f64() * 1e3;
@@ -315,7 +357,7 @@ impl Bench {
             println!("\nno writable cpu cgroup (needs root): the one-CPU run is skipped");
             return Ok(Value::Null);
         };
-        let server = self.start(true, context, Some(&cgroup))?;
+        let server = self.start(Modules::Cached, context, Some(&cgroup))?;
         let result = self.policy(&server, case, in_process, &|peak| {
             [0.5, 0.8].iter().map(|f| (peak * f / 100.0).round() * 100.0).collect()
         });
@@ -377,7 +419,7 @@ fn sizes(root: &Path) -> anyhow::Result<Value> {
 fn summary(results: &Value) {
     let f = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
     println!("\n=== summary ===");
-    for start in ["cold", "cached", "cached_with_context_objects"] {
+    for start in ["cold", "cached", "precompiled", "cached_with_context_objects"] {
         let s = &results["start"][start];
         println!(
             "start to ready {:>6.0} ms, idle RSS {:>5.1} MiB: {}",
@@ -388,9 +430,11 @@ fn summary(results: &Value) {
     }
     let rss = &results["rss_kib"];
     println!(
-        "RSS before load {:.1} MiB, after {:.1} MiB (peak {:.1} MiB)",
+        "RSS before load {:.1} MiB, right after {:.1} MiB, 7 s after {:.1} MiB ({:+.1}%; peak {:.1} MiB)",
         f(&rss["idle_before_load"]) / 1024.0,
         f(&rss["after_load"]) / 1024.0,
+        f(&rss["after_load_settled"]) / 1024.0,
+        (f(&rss["after_load_settled"]) / f(&rss["idle_before_load"]) - 1.0) * 100.0,
         f(&rss["peak"]) / 1024.0
     );
     println!(
