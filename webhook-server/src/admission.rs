@@ -306,24 +306,29 @@ struct ObjectOnly {
     object: Option<serde_json::Value>,
 }
 
+const NO_OBJECT: &str = "a patch was returned for a request without an object";
+
 /// The RFC 6902 patch a mutating verdict asks for (taken out of it),
 /// checked against the object; `None` when nothing changes.
 fn patch_of(verdict: &mut Verdict, raw_request: &RawValue) -> Result<Option<json_patch::Patch>, EvalError> {
-    if verdict.patch.is_none() && verdict.mutated_object.is_none() {
-        return Ok(None);
-    }
-    let original = serde_json::from_str::<ObjectOnly>(raw_request.get())
-        .ok()
-        .and_then(|o| o.object)
-        .ok_or_else(|| EvalError::BadOutput("a patch was returned for a request without an object".into()))?;
     let patch = match (verdict.patch.take(), verdict.mutated_object.take()) {
-        (_, Some(mutated)) => json_patch::diff(&original, &mutated),
-        (Some(patch), None) => {
-            let mut scratch = original;
-            json_patch::patch(&mut scratch, &patch)
-                .map_err(|e| EvalError::BadOutput(format!("patch does not apply to the object: {e}")))?;
-            patch
+        (_, Some(mutated)) => {
+            let original = serde_json::from_str::<ObjectOnly>(raw_request.get())
+                .ok()
+                .and_then(|o| o.object)
+                .ok_or_else(|| EvalError::BadOutput(NO_OBJECT.into()))?;
+            json_patch::diff(&original, &mutated)
         }
+        (Some(patch), None) if patch.0.is_empty() => patch,
+        // Checked on the parts of the object the operations reach, not a
+        // decoding of all of it (`patch_check`).
+        (Some(patch), None) => match crate::patch_check::check(raw_request, &patch) {
+            Ok(()) => patch,
+            Err(crate::patch_check::Refused::NoObject) => return Err(EvalError::BadOutput(NO_OBJECT.into())),
+            Err(crate::patch_check::Refused::DoesNotApply(e)) => {
+                return Err(EvalError::BadOutput(format!("patch does not apply to the object: {e}")));
+            }
+        },
         (None, None) => return Ok(None),
     };
     Ok((!patch.0.is_empty()).then_some(patch))

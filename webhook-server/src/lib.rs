@@ -22,6 +22,7 @@ pub mod memory;
 pub mod metrics;
 pub mod oci;
 pub mod offline;
+mod patch_check;
 pub mod policy;
 pub mod reload;
 pub mod runtime;
