@@ -268,7 +268,8 @@ pub struct ServeArgs {
     /// Seconds a client may take to send a request body.
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub body_timeout: f64,
-    /// Seconds a client may take to send request headers (HTTP/1) or finish the TLS handshake.
+    /// Seconds a client may take to finish the TLS handshake, to start its
+    /// first request on a new connection, and to send request headers (HTTP/1).
     #[arg(long, default_value_t = 10.0, value_parser = seconds)]
     pub header_timeout: f64,
     /// Seconds a connection may stay open with no request in flight.

@@ -43,7 +43,8 @@ pub struct ListenerLimits {
     pub max_connections: usize,
     /// How long a client may take to finish the TLS handshake.
     pub handshake_timeout: Duration,
-    /// How long a client may take to send a request's headers (HTTP/1).
+    /// How long a client may take to send a request's headers (HTTP/1),
+    /// and, on a new connection, to start its first request (either protocol).
     pub header_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
@@ -531,19 +532,19 @@ pub async fn serve(
         let tls = tls.clone();
         let builder = builder.clone();
         let closing = closing.subscribe();
+        let timeouts = IdleTimeouts::of(&limits);
         tokio::spawn(async move {
             let _permit = permit;
             let result = match tls {
                 Some(acceptor) => match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
                         let certified = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                        connection(&builder, stream, app, ClientCertificate(certified), limits.idle_timeout, closing)
-                            .await
+                        connection(&builder, stream, app, ClientCertificate(certified), timeouts, closing).await
                     }
                     Ok(Err(e)) => return log_handshake_failure(peer, &e.to_string()),
                     Err(_) => return log_handshake_failure(peer, "timed out"),
                 },
-                None => connection(&builder, tcp, app, ClientCertificate(false), limits.idle_timeout, closing).await,
+                None => connection(&builder, tcp, app, ClientCertificate(false), timeouts, closing).await,
             };
             if let Err(e) = result {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -584,26 +585,58 @@ pub async fn shutdown_sequence(
     tracing::info!("no new connections; finishing in-flight requests");
 }
 
-/// Requests in flight on one connection and when the last one ended.
+/// Requests in flight on one connection, whether one ever began, and when
+/// the last one ended.
 #[derive(Debug)]
 struct Activity {
     in_flight: AtomicUsize,
+    began: AtomicBool,
     idle_since: std::sync::Mutex<Instant>,
 }
 
 impl Activity {
+    fn new() -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            began: AtomicBool::new(false),
+            idle_since: std::sync::Mutex::new(Instant::now()),
+        }
+    }
+
     fn begin(self: &Arc<Self>) -> ActivityGuard {
+        self.began.store(true, Ordering::Release);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         ActivityGuard(self.clone())
     }
 
-    /// When the connection may be closed as idle, if it is idle now.
-    fn idle_deadline(&self, idle_timeout: Duration) -> Option<Instant> {
+    /// When the connection may be closed as idle, if it is idle now: after
+    /// `timeouts.idle` since its last request, or, before its first, after
+    /// `timeouts.first_request` since it opened.
+    fn idle_deadline(&self, timeouts: IdleTimeouts) -> Option<Instant> {
         if self.in_flight.load(Ordering::Acquire) > 0 {
             return None;
         }
         let since = *self.idle_since.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        Some(since + idle_timeout)
+        let limit = if self.began.load(Ordering::Acquire) { timeouts.idle } else { timeouts.first_request };
+        Some(since + limit)
+    }
+}
+
+/// How long a connection may stay without a request.
+#[derive(Debug, Clone, Copy)]
+struct IdleTimeouts {
+    /// After a request.
+    idle: Duration,
+    /// Before the first: a client that completed the TLS handshake and
+    /// sends nothing is held to the header timeout, as one that stalls
+    /// mid-header is (hyper's header timer starts only once the first bytes
+    /// arrived and told HTTP/1 from HTTP/2).
+    first_request: Duration,
+}
+
+impl IdleTimeouts {
+    fn of(limits: &ListenerLimits) -> Self {
+        Self { idle: limits.idle_timeout, first_request: limits.header_timeout.min(limits.idle_timeout) }
     }
 }
 
@@ -616,21 +649,20 @@ impl Drop for ActivityGuard {
     }
 }
 
-/// Serves one connection until it ends, it stays idle for `idle_timeout`,
-/// or the server shuts down (both end it gracefully).
+/// Serves one connection until it ends, it stays idle past `timeouts`, or
+/// the server shuts down (both end it gracefully).
 async fn connection<I>(
     builder: &auto::Builder<TokioExecutor>,
     io: I,
     app: Router,
     certificate: ClientCertificate,
-    idle_timeout: Duration,
+    timeouts: IdleTimeouts,
     mut closing: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity =
-        Arc::new(Activity { in_flight: AtomicUsize::new(0), idle_since: std::sync::Mutex::new(Instant::now()) });
+    let activity = Arc::new(Activity::new());
     let tracker = activity.clone();
     let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let guard = tracker.begin();
@@ -646,9 +678,9 @@ where
     let mut conn = std::pin::pin!(conn);
     let mut ending = false;
     loop {
-        let idle_at = activity.idle_deadline(idle_timeout);
+        let idle_at = activity.idle_deadline(timeouts);
         // Re-checked at least every idle period while requests are in flight.
-        let wake = idle_at.unwrap_or_else(|| Instant::now() + idle_timeout);
+        let wake = idle_at.unwrap_or_else(|| Instant::now() + timeouts.idle);
         tokio::select! {
             result = conn.as_mut() => return result,
             changed = closing.changed(), if !ending => {
@@ -658,8 +690,8 @@ where
                 }
             }
             () = tokio::time::sleep_until(wake.into()), if !ending => {
-                if activity.idle_deadline(idle_timeout).is_some_and(|at| at <= Instant::now()) {
-                    tracing::debug!(?idle_timeout, "closing an idle connection");
+                if activity.idle_deadline(timeouts).is_some_and(|at| at <= Instant::now()) {
+                    tracing::debug!(?timeouts, "closing an idle connection");
                     conn.as_mut().graceful_shutdown();
                     ending = true;
                 }

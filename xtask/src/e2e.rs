@@ -166,6 +166,19 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
             Some(("--tls-cert", _)) => format!("--tls-cert={}", certs.cert.display()),
             Some(("--tls-key", _)) => format!("--tls-key={}", certs.key.display()),
             Some(("--module-cache", _)) => format!("--module-cache={}", work.join("module-cache").display()),
+            // The image's /policies/compiled: the built-in policies compiled
+            // ahead, as `cargo xtask image` does.
+            Some(("--precompiled", _)) => {
+                let dir = work.join("precompiled");
+                let mut precompile = Command::new(&server_bin);
+                precompile
+                    .arg("precompile")
+                    .arg("--output")
+                    .arg(&dir)
+                    .args(crate::image::files_with_extension(&policies, "wasm")?);
+                run_cmd(&mut precompile)?;
+                format!("--precompiled={}", dir.display())
+            }
             Some((flag, value)) if value.starts_with('/') => {
                 bail!("the chart passes {flag} a path in the container ({value}); map it for the local server")
             }

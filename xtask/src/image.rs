@@ -213,7 +213,8 @@ fn wasm_files(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     files_with_extension(dir, "wasm")
 }
 
-fn files_with_extension(dir: &Path, extension: &str) -> anyhow::Result<Vec<PathBuf>> {
+/// The files of `dir` (not its subdirectories) whose names end in `.extension`, sorted.
+pub fn files_with_extension(dir: &Path, extension: &str) -> anyhow::Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))

@@ -113,6 +113,24 @@ async fn headers_that_do_not_arrive_in_time_close_the_connection() {
     assert!(started.elapsed() < Duration::from_secs(2), "closed after {:?}", started.elapsed());
 }
 
+/// A client that connects and sends nothing is held to the header
+/// timeout, not the (longer) idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_without_a_first_request_is_closed_at_the_header_timeout() {
+    let limits = ListenerLimits {
+        header_timeout: Duration::from_millis(300),
+        idle_timeout: Duration::from_secs(60),
+        ..ListenerLimits::default()
+    };
+    let server = start(limits, RequestLimits::default()).await;
+    let mut stream = connect(server.addr).await;
+    let started = Instant::now();
+    let (_, closed) = read_until_close(&mut stream, Duration::from_secs(5)).await;
+    assert!(closed, "a silent client kept its connection");
+    let after = started.elapsed();
+    assert!(after >= Duration::from_millis(250) && after < Duration::from_secs(2), "closed after {after:?}");
+}
+
 /// HTTP/1 keep-alive: after its last answer, a connection idle for the
 /// idle timeout is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
