@@ -99,15 +99,25 @@ pub fn compile_module(max_instances: u32, output: &Path) -> anyhow::Result<()> {
 /// `webhook-server precompile`: see [`Command::Precompile`]. Returns the
 /// files written, one per module.
 pub fn precompile(output: &Path, modules: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let runtime = Runtime::new(&RuntimeOptions { max_instances: 1, ..RuntimeOptions::default() })?;
+    // Each artifact is loaded back from `output` to check it: compiled once.
+    let runtime = Runtime::new(&RuntimeOptions {
+        max_instances: 1,
+        precompiled: Some(output.to_path_buf()),
+        ..RuntimeOptions::default()
+    })?;
     let mut written = Vec::new();
     for module in modules {
+        let context = || format!("module {}", module.display());
         let wasm = std::fs::read(module).with_context(|| format!("reading {}", module.display()))?;
+        let file = runtime.precompile_into(output, &wasm).with_context(context)?;
         let name = crate::cases::name_for(&module.to_string_lossy());
         let limits = crate::config::PolicyConfig::for_tests(&name)?.limits();
         // What would not load when served is not shipped.
-        runtime.load(&name, &wasm, limits).with_context(|| format!("module {}", module.display()))?;
-        written.push(runtime.precompile_into(output, &wasm).with_context(|| format!("module {}", module.display()))?);
+        if let Err(e) = runtime.load(&name, &wasm, limits) {
+            let _ = std::fs::remove_file(&file);
+            return Err(anyhow::Error::from(e).context(context()));
+        }
+        written.push(file);
     }
     Ok(written)
 }

@@ -282,7 +282,7 @@ impl Runtime {
     /// directory, else compiled (in the child process when one is
     /// configured, else here) and cached.
     fn module(&self, wasm: &[u8]) -> Result<Module, LoadError> {
-        let file = format!("{}.cwasm", self.artifact_key(wasm));
+        let file = self.artifact_file(wasm);
         let cached = self.compiled.as_ref().map(|dir| dir.join(&file));
         let shipped = self.precompiled.as_ref().map(|dir| dir.join(&file));
         for path in [&cached, &shipped].into_iter().flatten().filter(|p| p.is_file()) {
@@ -334,15 +334,16 @@ impl Runtime {
         load_artifact(&self.engine, &artifact)
     }
 
-    /// Cache key: the module's SHA-256 and a hash of everything in the
+    /// The compiled module's file name, in the cache and the precompiled
+    /// directory: the module's SHA-256 and a hash of everything in the
     /// engine's configuration that compiled code depends on (wasmtime's
     /// version among it).
-    fn artifact_key(&self, wasm: &[u8]) -> String {
+    fn artifact_file(&self, wasm: &[u8]) -> String {
         use sha2::Digest as _;
         use std::hash::{Hash as _, Hasher as _};
         let mut engine = std::hash::DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut engine);
-        format!("{}-{:016x}", hex::encode(sha2::Sha256::digest(wasm)), engine.finish())
+        format!("{}-{:016x}.cwasm", hex::encode(sha2::Sha256::digest(wasm)), engine.finish())
     }
 
     /// Creates the engine, the pooling allocator, the linker and the epoch ticker.
@@ -372,7 +373,7 @@ impl Runtime {
     /// every pool size.
     pub fn precompile_into(&self, dir: &std::path::Path, wasm: &[u8]) -> anyhow::Result<PathBuf> {
         let artifact = self.engine.precompile_module(wasm).map_err(|e| anyhow::anyhow!("compiling: {e:#}"))?;
-        let path = dir.join(format!("{}.cwasm", self.artifact_key(wasm)));
+        let path = dir.join(self.artifact_file(wasm));
         write_atomically(&path, &artifact).map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
         Ok(path)
     }

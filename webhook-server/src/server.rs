@@ -110,8 +110,6 @@ pub struct AppState {
     pub limits: RequestLimits,
     /// Admission requests in flight.
     in_flight: Semaphore,
-    /// Permits of `in_flight` when none is taken.
-    in_flight_capacity: usize,
     /// Admission requests taken in so far.
     taken: AtomicU64,
     /// KiB of request bodies held.
@@ -143,7 +141,6 @@ impl AppState {
             ready: AtomicBool::new(true),
             limits,
             in_flight: Semaphore::new(limits.max_in_flight.min(Semaphore::MAX_PERMITS)),
-            in_flight_capacity: limits.max_in_flight.min(Semaphore::MAX_PERMITS),
             taken: AtomicU64::new(0),
             buffered: Semaphore::new(kib(limits.max_buffered_bytes).min(Semaphore::MAX_PERMITS)),
             context: Arc::new(ContextStore::default()),
@@ -170,7 +167,7 @@ impl crate::memory::Activity for AppState {
     }
 
     fn idle(&self) -> bool {
-        self.in_flight.available_permits() == self.in_flight_capacity
+        self.in_flight.available_permits() == self.limits.max_in_flight.min(Semaphore::MAX_PERMITS)
     }
 }
 

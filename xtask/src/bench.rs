@@ -280,10 +280,7 @@ impl Bench {
         let dir = self.work.join("precompiled");
         if !dir.is_dir() {
             let policies = self.root.join("target/policies");
-            let mut modules: Vec<PathBuf> = std::fs::read_dir(&policies)?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "wasm"))
-                .collect();
+            let mut modules = crate::image::files_with_extension(&policies, "wasm")?;
             modules.push(policies.join("test-guests/allow_all.wasm"));
             run_cmd(Command::new(&self.binary).arg("precompile").arg("--output").arg(&dir).args(&modules))?;
         }
