@@ -18,6 +18,7 @@ pub mod cases;
 pub mod cli;
 pub mod config;
 pub mod context;
+mod long_lane;
 pub mod memory;
 pub mod metrics;
 pub mod oci;

@@ -133,7 +133,7 @@ impl Policy {
         input.push_str(",\"settings\":");
         input.push_str(&self.settings_json);
         input.push('}');
-        let answer = self.module.validate_until(input.as_bytes(), until).await?;
+        let answer = self.module.validate_until(input.into_bytes(), until).await?;
         abi::decode_verdict(&answer)
     }
 

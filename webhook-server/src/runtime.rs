@@ -4,8 +4,10 @@
 //!
 //! Every evaluation runs under three limits: a wall-clock deadline counted
 //! from the moment the evaluation starts (epoch interruption with a 1 ms tick;
-//! a guest running past its first 2 ms yields to the async executor at each
-//! tick, so a looping guest never holds a worker thread), a memory cap (a
+//! a guest running past its first 2 ms moves to the long lane — one thread at
+//! the lowest CPU priority — and yields there at each tick, so a looping guest
+//! never holds a worker thread nor takes CPU time that short evaluations
+//! want), a memory cap (a
 //! `ResourceLimiter`), and a cap on the size of what it returns. Whatever a
 //! guest does ends as a value: bytes, or an [`EvalError`] saying what happened.
 //!
@@ -20,13 +22,14 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use portcullis_sdk::names;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use wasmtime::{
     Config, Engine, InstanceAllocationStrategy, InstancePre, Linker, Module, PoolingAllocationConfig, ResourceLimiter,
     Store, Trap, UpdateDeadline,
 };
 
 use crate::abi::{self, AbiError};
+use crate::long_lane;
 use crate::config::MAX_MEMORY_MIB;
 
 /// Most elements a guest's function table may hold (also the pool's slot size).
@@ -148,7 +151,7 @@ impl Default for Limits {
 /// One policy's share of the sandbox: its own slots and its own bounded queue.
 #[derive(Debug)]
 struct Bulkhead {
-    slots: Semaphore,
+    slots: Arc<Semaphore>,
     waiting: AtomicUsize,
 }
 
@@ -391,7 +394,7 @@ impl Runtime {
             pre,
             limits,
             bulkhead: Arc::new(Bulkhead {
-                slots: Semaphore::new(limits.max_concurrent.max(1) as usize),
+                slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1) as usize)),
                 waiting: AtomicUsize::new(0),
             }),
             slots: self.slots.clone(),
@@ -466,19 +469,19 @@ impl PolicyModule {
 
     /// Runs `portcullis_validate` on ABI input JSON; returns the raw answer.
     pub async fn validate(&self, input: &[u8]) -> Result<Vec<u8>, EvalError> {
-        self.call(names::VALIDATE, input, false, None).await
+        self.call(names::VALIDATE, input.to_vec(), false, None).await
     }
 
     /// Like [`PolicyModule::validate`], for a caller that must have its answer
     /// by `until` (the API server's `?timeout=`): waiting for a slot and the
     /// evaluation both end by then, whatever the policy's own timeout.
-    pub async fn validate_until(&self, input: &[u8], until: Option<Instant>) -> Result<Vec<u8>, EvalError> {
+    pub async fn validate_until(&self, input: Vec<u8>, until: Option<Instant>) -> Result<Vec<u8>, EvalError> {
         self.call(names::VALIDATE, input, false, until).await
     }
 
     /// Checks the ABI version, then runs `portcullis_validate_settings`.
     pub async fn validate_settings(&self, settings: &[u8]) -> Result<Vec<u8>, EvalError> {
-        self.call(names::VALIDATE_SETTINGS, settings, true, None).await
+        self.call(names::VALIDATE_SETTINGS, settings.to_vec(), true, None).await
     }
 
     /// Evaluations of this policy waiting for a slot right now.
@@ -488,9 +491,9 @@ impl PolicyModule {
 
     /// Takes one of the policy's slots, and one of the pool's: at once when
     /// free; else waits in the policy's queue (if it has room) until `wait_until`.
-    async fn acquire(&self, wait_until: Instant) -> Result<[tokio::sync::SemaphorePermit<'_>; 2], EvalError> {
+    async fn acquire(&self, wait_until: Instant) -> Result<[OwnedSemaphorePermit; 2], EvalError> {
         let limits = &self.limits;
-        let own = match self.bulkhead.slots.try_acquire() {
+        let own = match self.bulkhead.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
             Err(_) => {
                 let waiting = self.bulkhead.waiting.fetch_add(1, Ordering::AcqRel);
@@ -498,7 +501,7 @@ impl PolicyModule {
                 if waiting >= limits.max_queued as usize {
                     return Err(EvalError::QueueFull(limits.max_queued));
                 }
-                tokio::time::timeout_at(wait_until.into(), self.bulkhead.slots.acquire())
+                tokio::time::timeout_at(wait_until.into(), self.bulkhead.slots.clone().acquire_owned())
                     .await
                     .map_err(|_| EvalError::Busy(limits.max_concurrent))?
                     .map_err(|_| EvalError::Busy(limits.max_concurrent))?
@@ -506,9 +509,9 @@ impl PolicyModule {
         };
         // The pool is sized for every policy's slots together (checked at
         // load); it runs short only while an old and a new set overlap.
-        let pool = match self.slots.try_acquire() {
+        let pool = match self.slots.clone().try_acquire_owned() {
             Ok(permit) => permit,
-            Err(_) => tokio::time::timeout_at(wait_until.into(), self.slots.acquire())
+            Err(_) => tokio::time::timeout_at(wait_until.into(), self.slots.clone().acquire_owned())
                 .await
                 .map_err(|_| EvalError::Busy(limits.max_concurrent))?
                 .map_err(|_| EvalError::Busy(limits.max_concurrent))?,
@@ -518,8 +521,8 @@ impl PolicyModule {
 
     async fn call(
         &self,
-        export: &str,
-        input: &[u8],
+        export: &'static str,
+        input: Vec<u8>,
         check_version: bool,
         until: Option<Instant>,
     ) -> Result<Vec<u8>, EvalError> {
@@ -530,7 +533,7 @@ impl PolicyModule {
             None => arrived + self.limits.timeout,
             Some(until) => until.checked_sub(self.limits.timeout).unwrap_or(arrived).max(arrived),
         };
-        let _permits = self.acquire(wait_until).await?;
+        let permits = self.acquire(wait_until).await?;
         let started = Instant::now();
         let deadline = match until {
             None => started + self.limits.timeout,
@@ -538,7 +541,33 @@ impl PolicyModule {
             Some(until) => until.min(started + self.limits.timeout),
         };
         let timeout_ms = u64::try_from(deadline.saturating_duration_since(started).as_millis()).unwrap_or(u64::MAX);
-        let _ticking = self.ticker.running();
+        let module = self.clone();
+        // The slots stay taken, and the ticker ticking, for as long as the
+        // guest lives, wherever it ends.
+        let mut evaluation = Box::pin(async move {
+            let _permits = permits;
+            let _ticking = module.ticker.running();
+            let mut store = module.store(check_version, started, deadline, timeout_ms);
+            let result = module.call_in(&mut store, export, &input, check_version).await;
+            result.map_err(|e| classify(e, store.data(), module.limits))
+        });
+        // Nearly every evaluation ends here, on the request's own task,
+        // without ever being suspended. One still running after YIELD_AFTER
+        // (it has just yielded at a tick) finishes on the long lane.
+        let moved = std::future::poll_fn(|cx| match evaluation.as_mut().poll(cx) {
+            std::task::Poll::Ready(result) => std::task::Poll::Ready(Some(result)),
+            std::task::Poll::Pending if started.elapsed() >= YIELD_AFTER => std::task::Poll::Ready(None),
+            std::task::Poll::Pending => std::task::Poll::Pending,
+        })
+        .await;
+        match moved {
+            Some(result) => result,
+            None => long_lane::finish(evaluation, deadline, timeout_ms).await,
+        }
+    }
+
+    /// A fresh store for one evaluation, with its limits and deadline.
+    fn store(&self, check_version: bool, started: Instant, deadline: Instant, timeout_ms: u64) -> Store<GuestState> {
         let mut store = Store::new(
             &self.engine,
             GuestState {
@@ -567,12 +596,11 @@ impl PolicyModule {
                 // tokio's yield_now, not wasmtime's plain `Yield`: a task that
                 // wakes itself is re-polled at once from the worker's LIFO
                 // slot, ahead of queued requests; yield_now defers it behind
-                // them, so a looping guest takes turns instead of a worker.
+                // them, so long guests on the long lane take turns.
                 Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
             }
         });
-        let result = self.call_in(&mut store, export, input, check_version).await;
-        result.map_err(|e| classify(e, store.data(), self.limits))
+        store
     }
 
     async fn call_in(

@@ -365,3 +365,82 @@ async fn a_looping_policy_fills_only_its_own_slots() {
     }
     assert_eq!((refused, timed_out), (6, 4));
 }
+
+/// The nice value of this process's thread named `name`, from
+/// `/proc/self/task/*/stat` (field 19), if such a thread exists.
+fn thread_nice(name: &str) -> Option<i64> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    tasks.flatten().find_map(|task| {
+        let comm = std::fs::read_to_string(task.path().join("comm")).ok()?;
+        if comm.trim_end() != name {
+            return None;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+        // The fields after the command (which is in parentheses and may hold spaces).
+        let rest = &stat[stat.rfind(')')? + 2..];
+        rest.split(' ').nth(16)?.parse().ok()
+    })
+}
+
+/// An evaluation still running after its first ticks finishes on the long
+/// lane, a thread at the lowest CPU priority, holding its policy's slot
+/// there; short evaluations meanwhile answer from the workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_evaluation_finishes_on_the_low_priority_lane() {
+    let rt = runtime();
+    let set = load_ok(
+        &rt,
+        &[
+            entry("allow-all", &guest("allow_all"), ""),
+            entry("loop", &guest("loop_forever"), "timeoutMs: 400\nmaxConcurrent: 1\nmaxQueued: 0"),
+        ],
+    )
+    .await;
+    let looping = get(&set, "loop");
+    let started = Instant::now();
+    let first = tokio::spawn(async move { looping.evaluate(&request()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(thread_nice("long-lane"), Some(19), "the long lane runs at nice 19");
+    assert_eq!(
+        get(&set, "loop").evaluate(&request()).await.err(),
+        Some(EvalError::QueueFull(0)),
+        "the evaluation on the lane still holds the policy's only slot"
+    );
+    let good = get(&set, "allow-all");
+    for _ in 0..50 {
+        assert!(good.evaluate(&request()).await.is_ok_and(|v| v.allowed));
+    }
+    assert!(started.elapsed() < Duration::from_millis(400), "short evaluations waited for the long one");
+    let result = first.await.unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(result.err(), Some(EvalError::Timeout(400)));
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_millis(400) && elapsed < Duration::from_millis(400) + SLACK, "{elapsed:?}");
+}
+
+/// A caller that stops waiting (the API server hung up) cancels its
+/// evaluation on the long lane: the policy's slot is free again at once,
+/// not at the guest's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_long_evaluation_frees_its_slot() {
+    let rt = runtime();
+    let set = load_ok(&rt, &[entry("loop", &guest("loop_forever"), "timeoutMs: 5000\nmaxConcurrent: 1\nmaxQueued: 0")]).await;
+    let looping = get(&set, "loop");
+    let first = tokio::spawn(async move { looping.evaluate(&request()).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(&set, "loop").evaluate(&request()).await.err(), Some(EvalError::QueueFull(0)));
+    first.abort();
+    let cancelled = Instant::now();
+    // The lane drops the evaluation at its next tick; then the slot is free.
+    loop {
+        let attempt = tokio::time::timeout(Duration::from_millis(50), get(&set, "loop").evaluate(&request())).await;
+        match attempt {
+            // Still refused: the slot is not free yet.
+            Ok(Err(EvalError::QueueFull(0))) => {}
+            // Took the slot and ran (then dropped by the timeout here).
+            Err(_) => break,
+            Ok(other) => panic!("unexpected {other:?}"),
+        }
+        assert!(cancelled.elapsed() < Duration::from_secs(1), "the slot stayed taken after the caller left");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
