@@ -326,11 +326,13 @@ async fn bulkhead(ctx: &Ctx, report: &mut Report) {
         format!("CPU, unloaded: {usage_unloaded}; next to the loop: {usage_loaded}"),
         format!("loop: {} ({})", looped.summary(), looped.notes()),
     ];
-    // The 2x latency bound of issue 9 is NOT met on this 2-core machine: the
-    // looping guest takes a core that the server and the load generator
-    // share (docs/reliability.md has the figures). It is enforced only when
-    // PORTCULLIS_FAULTS_LATENCY=enforce, so that CI keeps asserting what does
-    // hold (no failed or wrong request) while the gap stays visible.
+    // The 2x latency bound of issue 9 is met only in some runs on this 2-core
+    // machine: the looping guest now runs on the long lane at nice 19, but
+    // the 8 hammering clients, most of them answered `overloaded` at once,
+    // double the HTTPS traffic the server and the load generator share
+    // (docs/reliability.md has the figures). It is enforced only when
+    // PORTCULLIS_FAULTS_LATENCY=enforce, so that CI keeps asserting what
+    // always holds (no failed or wrong request) while the ratio stays visible.
     let enforce_latency = std::env::var("PORTCULLIS_FAULTS_LATENCY").is_ok_and(|v| v == "enforce");
     if !enforce_latency && p99_loaded > p99_unloaded * 2 {
         eprintln!("(e) NOT MET (reported, not enforced): ingress-tls p99 over 2x its unloaded p99 next to the loop");
