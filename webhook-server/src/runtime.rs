@@ -29,8 +29,8 @@ use wasmtime::{
 };
 
 use crate::abi::{self, AbiError};
-use crate::long_lane;
 use crate::config::MAX_MEMORY_MIB;
+use crate::long_lane;
 
 /// Most elements a guest's function table may hold (also the pool's slot size).
 const TABLE_ELEMENTS: usize = 20_000;

@@ -423,7 +423,8 @@ async fn a_long_evaluation_finishes_on_the_low_priority_lane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_long_evaluation_frees_its_slot() {
     let rt = runtime();
-    let set = load_ok(&rt, &[entry("loop", &guest("loop_forever"), "timeoutMs: 5000\nmaxConcurrent: 1\nmaxQueued: 0")]).await;
+    let set =
+        load_ok(&rt, &[entry("loop", &guest("loop_forever"), "timeoutMs: 5000\nmaxConcurrent: 1\nmaxQueued: 0")]).await;
     let looping = get(&set, "loop");
     let first = tokio::spawn(async move { looping.evaluate(&request()).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
