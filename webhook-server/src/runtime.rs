@@ -562,7 +562,7 @@ impl PolicyModule {
         .await;
         match moved {
             Some(result) => result,
-            None => long_lane::finish(evaluation, deadline, timeout_ms).await,
+            None => long_lane::finish(evaluation, deadline, until, timeout_ms).await,
         }
     }
 
@@ -804,6 +804,10 @@ impl EpochTicker {
                 std::thread::sleep(EPOCH_TICK);
                 engine.increment_epoch();
             }
+            // One last tick: a guest still running (on the long lane, whose
+            // task may have been cancelled meanwhile) reaches its epoch check
+            // once more, and a cancelled one is dropped there.
+            engine.increment_epoch();
         })?;
         Ok(Self { shared, handle: Some(handle) })
     }
