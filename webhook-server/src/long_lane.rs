@@ -3,8 +3,8 @@
 //!
 //! Nearly every evaluation ends within its first tick, on the request's own
 //! task. One that does not — a slow policy, a looping guest — is handed, at
-//! the tick where it yields, to a single thread running at the lowest CPU
-//! priority (nice 19), and finishes there: the async workers go back to short
+//! the tick where it yields, to a thread running at the lowest CPU priority
+//! (nice 19), and finishes there: the async workers go back to short
 //! evaluations at once, and the kernel gives the long ones only the CPU time
 //! that nothing else wants. Without it, a looping guest took turns with
 //! healthy requests on the workers and every one of them waited up to a tick
