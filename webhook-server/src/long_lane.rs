@@ -30,6 +30,7 @@ use tracing::Instrument as _;
 use crate::runtime::EvalError;
 
 /// The lane thread's nice value: the lowest priority there is.
+#[cfg(target_os = "linux")]
 const NICE: libc::c_int = 19;
 
 /// How long past its deadline a caller waits for the lane before answering

@@ -97,6 +97,13 @@ impl Default for RequestLimits {
     }
 }
 
+impl RequestLimits {
+    /// Permits of the in-flight semaphore (as many as a semaphore can hold).
+    fn in_flight_capacity(&self) -> usize {
+        self.max_in_flight.min(Semaphore::MAX_PERMITS)
+    }
+}
+
 /// Shared state of the handlers.
 #[derive(Debug)]
 pub struct AppState {
@@ -140,7 +147,7 @@ impl AppState {
             metrics,
             ready: AtomicBool::new(true),
             limits,
-            in_flight: Semaphore::new(limits.max_in_flight.min(Semaphore::MAX_PERMITS)),
+            in_flight: Semaphore::new(limits.in_flight_capacity()),
             taken: AtomicU64::new(0),
             buffered: Semaphore::new(kib(limits.max_buffered_bytes).min(Semaphore::MAX_PERMITS)),
             context: Arc::new(ContextStore::default()),
@@ -167,7 +174,7 @@ impl crate::memory::Activity for AppState {
     }
 
     fn idle(&self) -> bool {
-        self.in_flight.available_permits() == self.limits.max_in_flight.min(Semaphore::MAX_PERMITS)
+        self.in_flight.available_permits() == self.limits.in_flight_capacity()
     }
 }
 
