@@ -10,6 +10,16 @@
 //! healthy requests on the workers and every one of them waited up to a tick
 //! behind it (a healthy policy's p99 ×4 under load, `docs/reliability.md`).
 //!
+//! The price: nice orders threads within one cgroup. In a pod (its own
+//! cgroup) a lane yields only to this server's own threads, so a long
+//! evaluation is starved only while short ones saturate the container. In
+//! a process sharing its cgroup with other busy work (a developer's machine
+//! during a build) it yields to all of it: a guest past 2 ms can then reach
+//! its deadline (a memory-hungry test guest answered `timeout` instead of
+//! its memory error while a release build ran). Lanes at the process's own
+//! priority were measured too and help nothing (a healthy policy's p99 next
+//! to a looping one 3.9-4.6x its unloaded p99, as without lanes).
+//!
 //! There is one lane per core, each a thread with its own single-threaded
 //! executor, chosen in turn, so slow policies still run in parallel.
 //!
