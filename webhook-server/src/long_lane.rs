@@ -3,31 +3,32 @@
 //!
 //! Nearly every evaluation ends within its first tick, on the request's own
 //! task. One that does not — a slow policy, a looping guest — is handed, at
-//! the tick where it yields, to a thread running at the lowest CPU priority
-//! (nice 19), and finishes there: the async workers go back to short
-//! evaluations at once, and the kernel gives the long ones only the CPU time
-//! that nothing else wants. Without it, a looping guest took turns with
-//! healthy requests on the workers and every one of them waited up to a tick
-//! behind it (a healthy policy's p99 ×4 under load, `docs/reliability.md`).
+//! the tick where it yields, to a lane: a thread of its own with a
+//! single-threaded executor, where long evaluations take turns a tick at a
+//! time. The async workers go back to short evaluations at once, and the
+//! kernel, not a worker's queue, shares the CPU between the two kinds.
 //!
-//! The price: nice orders threads within one cgroup. In a pod (its own
-//! cgroup) a lane yields only to this server's own threads, so a long
-//! evaluation is starved only while short ones saturate the container. In
-//! a process sharing its cgroup with other busy work (a developer's machine
-//! during a build) it yields to all of it: a guest past 2 ms can then reach
-//! its deadline (a memory-hungry test guest answered `timeout` instead of
-//! its memory error while a release build ran). Lanes at the process's own
-//! priority were measured too and help nothing (a healthy policy's p99 next
-//! to a looping one 3.9-4.6x its unloaded p99, as without lanes).
+//! The lanes run at the process's own priority. Nice 19 was tried
+//! (2026-11-27): next to a looping guest it lowered a healthy policy's
+//! loaded p99 by about a tenth, inside the run-to-run noise of
+//! `faults (e)`, and it starved legitimate work: a nice-19 thread gets
+//! about 1.5% of a core while the container's CPU is saturated, so a policy
+//! needing 20 ms of CPU reached its deadline and was denied (four of the
+//! hostile-guest tests failed that way in CI, next to busy test threads).
+//! The lowered nice value cannot be raised back without privilege, and a
+//! guest preempted on a starved thread cannot be moved until that thread
+//! runs again, so no watchdog could rescue it in time. An admission
+//! webhook must not turn load into denials of slow-but-valid requests;
+//! `guests::busy` holds that line.
 //!
-//! There is one lane per core, each a thread with its own single-threaded
-//! executor, chosen in turn, so slow policies still run in parallel.
+//! There is one lane per core, chosen in turn, so slow policies still run
+//! in parallel.
 //!
 //! A long evaluation keeps its policy's slots while it runs here, and its
 //! deadline stays what it was: wall-clock from the start. The caller answers
-//! `timeout` itself if the lane, starved of CPU, has not ended it shortly
-//! after its deadline (never later than the API server's own `?timeout=`);
-//! dropping the caller cancels it. Its log lines keep the request's span.
+//! `timeout` itself if the lane has not ended it shortly after its deadline
+//! (never later than the API server's own `?timeout=`); dropping the caller
+//! cancels it. Its log lines keep the request's span.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -39,12 +40,8 @@ use tracing::Instrument as _;
 
 use crate::runtime::EvalError;
 
-/// The lane thread's nice value: the lowest priority there is.
-#[cfg(target_os = "linux")]
-const NICE: libc::c_int = 19;
-
 /// How long past its deadline a caller waits for the lane before answering
-/// `timeout` without it (the lane can be starved of CPU by design).
+/// `timeout` without it (a lane shares the CPU with everything else).
 const GRACE: Duration = Duration::from_millis(50);
 
 /// The lanes (empty where none could be started) and the next one to use.
@@ -97,13 +94,12 @@ fn start_lanes() -> Vec<tokio::runtime::Handle> {
     lanes
 }
 
-/// A thread at [`NICE`] running a single-threaded executor until the
-/// process ends. The executor is built on that thread (a runtime must not be
-/// dropped on an async worker, which a failed spawn would do).
+/// A thread running a single-threaded executor until the process ends. The
+/// executor is built on that thread (a runtime must not be dropped on an
+/// async worker, which a failed spawn would do).
 fn start_lane() -> std::io::Result<tokio::runtime::Handle> {
     let (sender, receiver) = std::sync::mpsc::channel();
     std::thread::Builder::new().name("long-lane".into()).spawn(move || {
-        lower_priority();
         match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(runtime) => {
                 let _ = sender.send(Ok(runtime.handle().clone()));
@@ -116,26 +112,6 @@ fn start_lane() -> std::io::Result<tokio::runtime::Handle> {
     })?;
     receiver.recv().map_err(|e| std::io::Error::other(e.to_string()))?
 }
-
-/// Lowers the calling thread's CPU priority to [`NICE`]. On Linux the nice
-/// value belongs to the thread, and `PRIO_PROCESS` with id 0 names the
-/// calling thread. Lowering needs no privilege; failing only costs the
-/// isolation, so it is logged, not fatal.
-#[cfg(target_os = "linux")]
-#[allow(unsafe_code)]
-fn lower_priority() {
-    // SAFETY: setpriority takes plain integers and touches no memory of ours.
-    // The `which` argument's C type differs between libc targets, hence `as _`.
-    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, NICE) };
-    if result != 0 {
-        tracing::warn!(error = %std::io::Error::last_os_error(), "could not lower the long lane's priority");
-    }
-}
-
-/// Elsewhere the nice value belongs to the process: the lane keeps the
-/// process's priority.
-#[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
 
 /// Cancels the task when the caller stops waiting for it.
 struct AbortOnDrop(tokio::task::JoinHandle<Result<Vec<u8>, EvalError>>);

@@ -4,10 +4,9 @@
 //!
 //! Every evaluation runs under three limits: a wall-clock deadline counted
 //! from the moment the evaluation starts (epoch interruption with a 1 ms tick;
-//! a guest running past its first 2 ms moves to the long lane — one thread at
-//! the lowest CPU priority — and yields there at each tick, so a looping guest
-//! never holds a worker thread nor takes CPU time that short evaluations
-//! want), a memory cap (a
+//! a guest running past its first 2 ms moves to a long lane — a thread of
+//! its own — and yields there at each tick, so a looping guest never holds a
+//! worker thread), a memory cap (a
 //! `ResourceLimiter`), and a cap on the size of what it returns. Whatever a
 //! guest does ends as a value: bytes, or an [`EvalError`] saying what happened.
 //!
