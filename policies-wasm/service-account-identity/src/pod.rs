@@ -296,20 +296,22 @@ impl Projection {
             ));
             return Ok(());
         }
+        // Built once; every container gets the same (skipped ones none).
+        let vars: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mount = json!({"name": self.volume, "mountPath": self.mount_path, "readOnly": true});
         for list in ["initContainers", "containers"] {
-            let count = m.get(&pointer(&["spec", list])).and_then(Value::as_array).map_or(0, Vec::len);
+            let count = at(m.object(), &["spec", list]).and_then(Value::as_array).map_or(0, Vec::len);
             for index in 0..count {
-                let container = Mutation::container(list, index);
-                let name = m.get(&container.with_trailing_token("name")).and_then(Value::as_str).unwrap_or_default();
-                if self.skip.iter().any(|s| s == name) {
-                    continue;
+                if !self.skip.is_empty() {
+                    let containers = at(m.object(), &["spec", list]).and_then(Value::as_array);
+                    let name = containers.and_then(|c| c.get(index)?.get("name")?.as_str()).unwrap_or_default();
+                    if self.skip.iter().any(|s| s == name) {
+                        continue;
+                    }
                 }
-                let vars: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+                let container = Mutation::container(list, index);
                 m.add_envs(&container, &vars)?;
-                m.add_volume_mount(
-                    &container,
-                    json!({"name": self.volume, "mountPath": self.mount_path, "readOnly": true}),
-                )?;
+                m.add_volume_mount(&container, mount.clone())?;
             }
         }
         let volume = json!({
