@@ -10,11 +10,14 @@
 //!
 //! The lanes run at the process's own priority. Nice 19 was tried
 //! (2026-11-27): next to a looping guest it lowered a healthy policy's
-//! loaded p99 by about a tenth, inside the run-to-run noise of
-//! `faults (e)`, and it starved legitimate work: a nice-19 thread gets
-//! about 1.5% of a core while the container's CPU is saturated, so a policy
-//! needing 20 ms of CPU reached its deadline and was denied (four of the
-//! hostile-guest tests failed that way in CI, next to busy test threads).
+//! loaded p99 by about a fifth in paired `faults (e)` runs (10.8 against
+//! 13.5 ms; its ratio to the unloaded p99 by about a tenth, inside the
+//! run-to-run noise; 2.76x against 3.81x in single full-size runs), and it
+//! starved legitimate work: a nice-19 thread gets about 1.5% of a core
+//! while the container's CPU is saturated, so a policy needing 20 ms of CPU
+//! reached its deadline and was denied (five tests failed that way in the
+//! project's CI, next to the suite's own busy threads; four hostile-guest
+//! tests under three CPU hogs on a developer's machine).
 //! The lowered nice value cannot be raised back without privilege, and a
 //! guest preempted on a starved thread cannot be moved until that thread
 //! runs again, so no watchdog could rescue it in time. An admission

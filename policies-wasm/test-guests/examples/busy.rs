@@ -1,5 +1,6 @@
-//! Legitimately slow: spends a fixed amount of CPU time (a few hundred
-//! milliseconds in a debug host, far past the first tick), then admits.
+//! Legitimately slow: spends a fixed amount of CPU time (about 0.1 s on
+//! the development machine, far past the first tick; the guest is compiled
+//! by Cranelift, so the host's build profile hardly matters), then admits.
 use portcullis_sdk::{NoSettings, Request, Verdict};
 
 /// Iterations of the busy loop.

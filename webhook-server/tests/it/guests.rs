@@ -485,7 +485,7 @@ impl Drop for CpuHogs {
     }
 }
 
-/// A legitimately slow policy (~0.1 s of CPU in a debug build) on a machine
+/// A legitimately slow policy (~0.1 s of CPU) on a machine
 /// whose every core is kept busy by other threads of the process: it gets
 /// its fair share on its lane and answers. (With the lanes at nice 19, as
 /// they once were, it got about 1.5% of a core and reached its deadline.)
