@@ -300,15 +300,14 @@ impl Projection {
         let vars: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mount = json!({"name": self.volume, "mountPath": self.mount_path, "readOnly": true});
         for list in ["initContainers", "containers"] {
-            let count = at(m.object(), &["spec", list]).and_then(Value::as_array).map_or(0, Vec::len);
-            for index in 0..count {
-                if !self.skip.is_empty() {
-                    let containers = at(m.object(), &["spec", list]).and_then(Value::as_array);
-                    let name = containers.and_then(|c| c.get(index)?.get("name")?.as_str()).unwrap_or_default();
-                    if self.skip.iter().any(|s| s == name) {
-                        continue;
-                    }
-                }
+            let containers = at(m.object(), &["spec", list]).and_then(Value::as_array).map_or(&[][..], Vec::as_slice);
+            let patched: Vec<usize> = (0..containers.len())
+                .filter(|&i| {
+                    let name = containers[i].get("name").and_then(Value::as_str).unwrap_or_default();
+                    !self.skip.iter().any(|s| s == name)
+                })
+                .collect();
+            for index in patched {
                 let container = Mutation::container(list, index);
                 m.add_envs(&container, &vars)?;
                 m.add_volume_mount(&container, mount.clone())?;
