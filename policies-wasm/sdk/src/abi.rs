@@ -15,11 +15,17 @@
 //! all; native code calls [`evaluate`], which takes the input as a slice.
 #![allow(unsafe_code)]
 
-use serde::Deserialize;
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
 
-use crate::Request;
+use serde::Deserialize;
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+
+use crate::request::RequestSeed;
 use crate::settings::{Settings, SettingsValidation, parse_settings};
 use crate::verdict::Outcome;
+use crate::{ObjectProjection, Request};
 
 /// Allocates `len` bytes for the host to write into and returns their
 /// address; 0 when `len` is negative. The buffer is leaked until
@@ -112,6 +118,40 @@ struct Input<S> {
     settings: Option<S>,
 }
 
+/// [`Input`] with the request's object decoded by a policy's projection.
+struct InputSeed<S>(ObjectProjection, PhantomData<S>);
+
+impl<'de, S: Settings> DeserializeSeed<'de> for InputSeed<S> {
+    type Value = Input<S>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Input<S>, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de, S: Settings> Visitor<'de> for InputSeed<S> {
+    type Value = Input<S>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("policy input: {\"request\": ..., \"settings\": ...}")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Input<S>, A::Error> {
+        let (mut request, mut settings) = (None, None);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match &*key {
+                "request" => request = Some(map.next_value_seed(RequestSeed(self.0))?),
+                "settings" => settings = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let request = request.ok_or_else(|| de::Error::missing_field("request"))?;
+        Ok(Input { request, settings })
+    }
+}
+
 /// Body of the `portcullis_validate` export: reads the input the host wrote at
 /// `ptr`, runs `policy` on it as [`evaluate`] does, and returns the packed
 /// location of the answer (see [`give_output`]).
@@ -127,26 +167,67 @@ where
     S: Settings,
     O: Into<Outcome>,
 {
-    // SAFETY: this function's contract is `respond`'s: `ptr` is null or came
-    // from `alloc(len)`, i.e. `alloc_buffer(length(len))` (`alloc` refuses
-    // negative lengths), fully written, and is not used again.
-    let (out, out_len) = unsafe { respond(pointer(ptr), length(len), |input| answer(input, policy)) };
-    pack(out as usize, out_len)
+    // SAFETY: this function's contract is ours.
+    unsafe { validate_with(ptr, len, policy, None) }
 }
 
-/// What `portcullis_validate` answers for `input`: the outcome's JSON.
-fn answer<S, O>(input: &[u8], policy: fn(&Request, &S) -> O) -> Vec<u8>
+/// [`validate`] for a policy that declares an [`ObjectProjection`].
+///
+/// # Safety
+/// As for [`validate`].
+pub unsafe fn validate_with<S, O>(
+    ptr: i32,
+    len: i32,
+    policy: fn(&Request, &S) -> O,
+    projection: Option<ObjectProjection>,
+) -> i64
 where
     S: Settings,
     O: Into<Outcome>,
 {
-    serde_json::to_vec(&evaluate(input, policy))
-        .unwrap_or_else(|e| format!(r#"{{"error":"cannot encode verdict: {e}"}}"#).into_bytes())
+    // SAFETY: this function's contract is `respond`'s: `ptr` is null or came
+    // from `alloc(len)`, i.e. `alloc_buffer(length(len))` (`alloc` refuses
+    // negative lengths), fully written, and is not used again.
+    let (out, out_len) = unsafe { respond(pointer(ptr), length(len), |input| answer(input, policy, projection)) };
+    pack(out as usize, out_len)
+}
+
+/// What `portcullis_validate` answers for `input`: the outcome's JSON.
+fn answer<S, O>(input: &[u8], policy: fn(&Request, &S) -> O, projection: Option<ObjectProjection>) -> Vec<u8>
+where
+    S: Settings,
+    O: Into<Outcome>,
+{
+    let outcome = evaluate_with(input, policy, projection);
+    let bytes = serde_json::to_vec(&outcome)
+        .unwrap_or_else(|e| format!(r#"{{"error":"cannot encode verdict: {e}"}}"#).into_bytes());
+    discard(outcome);
+    bytes
+}
+
+/// Drops `value`, except in a module: there the instance ends with this
+/// request, and walking a tree of values only to hand their memory back to
+/// the arena (which keeps it anyway) is wasted work (see [`crate::arena`]).
+pub(crate) fn discard<T>(value: T) {
+    #[cfg(target_arch = "wasm32")]
+    std::mem::forget(value);
+    #[cfg(not(target_arch = "wasm32"))]
+    drop(value);
 }
 
 /// Decodes ABI input JSON and runs the policy: the body of `portcullis_validate`
 /// without the memory handling, also used natively by tests.
 pub fn evaluate<S, O>(input: &[u8], policy: fn(&Request, &S) -> O) -> Outcome
+where
+    S: Settings,
+    O: Into<Outcome>,
+{
+    evaluate_with(input, policy, None)
+}
+
+/// [`evaluate`] for a policy that declares an [`ObjectProjection`]: the
+/// object of the kinds it names is decoded with it as the input is read.
+pub fn evaluate_with<S, O>(input: &[u8], policy: fn(&Request, &S) -> O, projection: Option<ObjectProjection>) -> Outcome
 where
     S: Settings,
     O: Into<Outcome>,
@@ -157,8 +238,23 @@ where
         Ok(text) => text,
         Err(e) => return Outcome::Error { error: format!("cannot decode policy input: {e}") },
     };
-    match serde_json::from_str::<Input<S>>(text) {
-        Ok(Input { request, settings }) => policy(&request, &settings.unwrap_or_default()).into(),
+    let decoded = match projection {
+        None => serde_json::from_str::<Input<S>>(text),
+        Some(projection) => {
+            let mut deserializer = serde_json::Deserializer::from_str(text);
+            InputSeed(projection, PhantomData).deserialize(&mut deserializer).and_then(|input| {
+                deserializer.end()?;
+                Ok(input)
+            })
+        }
+    };
+    match decoded {
+        Ok(Input { request, settings }) => {
+            let settings = settings.unwrap_or_default();
+            let outcome = policy(&request, &settings).into();
+            discard((request, settings));
+            outcome
+        }
         Err(e) => Outcome::Error { error: format!("cannot decode policy input: {e}") },
     }
 }
@@ -266,7 +362,7 @@ mod tests {
     fn validate_round_trip_through_guest_memory() -> Result<(), String> {
         for (namespace, allowed) in [("shop", false), ("web", true)] {
             let input = serde_json::json!({"request": request(namespace), "settings": {}}).to_string();
-            let output = host_call(input.as_bytes(), |input| answer(input, deny_in_shop));
+            let output = host_call(input.as_bytes(), |input| answer(input, deny_in_shop, None));
             let outcome: Outcome = serde_json::from_slice(&output).map_err(|e| e.to_string())?;
             assert!(matches!(&outcome, Outcome::Verdict(v) if v.allowed == allowed), "{namespace}: {outcome:?}");
         }
@@ -287,12 +383,113 @@ mod tests {
     #[test]
     fn null_input_is_empty_and_answered_as_an_error() -> Result<(), String> {
         // SAFETY: a null pointer is allowed and stands for an empty input.
-        let (out, out_len) = unsafe { respond(std::ptr::null_mut(), 0, |input| answer(input, deny_in_shop)) };
+        let (out, out_len) = unsafe { respond(std::ptr::null_mut(), 0, |input| answer(input, deny_in_shop, None)) };
         // SAFETY: as in `host_call`.
         let output = unsafe { std::slice::from_raw_parts(out, out_len) };
         let outcome: Outcome = serde_json::from_slice(output).map_err(|e| e.to_string())?;
         assert!(matches!(outcome, Outcome::Error { error } if error.contains("cannot decode policy input")));
         Ok(())
+    }
+
+    const NAMES: crate::projection::Keep = crate::projection::Keep::Fields(&[(
+        "metadata",
+        crate::projection::Keep::Fields(&[("name", crate::projection::Keep::All)]),
+    )]);
+
+    fn pods_by_name(
+        kind: &crate::GroupVersionKind,
+        operation: crate::Operation,
+    ) -> Option<&'static crate::projection::Keep> {
+        (kind.is("", "v1", "Pod") && operation == crate::Operation::Create).then_some(&NAMES)
+    }
+
+    /// `{"request": ..., "settings": {}}` with the request's fields in the
+    /// API server's order (`kind` and `operation` before `object`), which a
+    /// `serde_json::Value` (keys sorted) would not keep.
+    fn input(request: &serde_json::Value) -> String {
+        const ORDER: [&str; 16] = [
+            "uid",
+            "kind",
+            "resource",
+            "subResource",
+            "requestKind",
+            "requestResource",
+            "requestSubResource",
+            "name",
+            "namespace",
+            "operation",
+            "userInfo",
+            "object",
+            "oldObject",
+            "dryRun",
+            "options",
+            "unknownField",
+        ];
+        let fields: Vec<String> = ORDER.iter().filter_map(|k| request.get(k).map(|v| format!("{:?}:{v}", k))).collect();
+        format!(r#"{{"request":{{{}}},"settings":{{}}}}"#, fields.join(","))
+    }
+
+    fn decode_both(text: &str) -> (Request, Request) {
+        let derived = serde_json::from_str::<Input<NoSettings>>(text).map(|i| i.request);
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let seeded =
+            InputSeed::<NoSettings>(pods_by_name, PhantomData).deserialize(&mut deserializer).map(|i| i.request);
+        match (derived, seeded) {
+            (Ok(derived), Ok(seeded)) => (derived, seeded),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_seeded_decode_reads_every_field_the_derive_reads() {
+        let mut full = request("web");
+        full["subResource"] = "status".into();
+        full["requestKind"] = serde_json::json!({"group": "", "version": "v1", "kind": "Pod"});
+        full["requestResource"] = serde_json::json!({"group": "", "version": "v1", "resource": "pods"});
+        full["requestSubResource"] = "status".into();
+        full["name"] = "web".into();
+        full["userInfo"] = serde_json::json!({"username": "u", "uid": "1", "groups": ["g"], "extra": {"k": ["v"]}});
+        full["oldObject"] = serde_json::json!({"metadata": {"name": "old"}});
+        full["dryRun"] = true.into();
+        full["options"] = serde_json::json!({"kind": "CreateOptions"});
+        full["unknownField"] = serde_json::json!([1, {"a": null}]);
+        let (derived, seeded) = decode_both(&input(&full));
+        let as_json = |r: &Request| serde_json::to_value(r).unwrap_or_default();
+        let mut expected = as_json(&derived);
+        expected["object"] = serde_json::Value::Null;
+        assert_eq!(as_json(&seeded), expected, "every field but the object is decoded alike");
+        let projected = seeded.projected.as_ref().map(|p| p.value.clone());
+        assert_eq!(projected, Some(serde_json::json!({"metadata": {"name": "web"}})));
+        assert_eq!(seeded.object_projected(&NAMES).ok().flatten(), projected);
+        assert_eq!(derived.object_projected(&NAMES).ok().flatten(), projected, "the same as projecting the raw object");
+        let name = |r: &Request| r.object::<serde_json::Value>().ok().flatten().map(|o| o["metadata"]["name"].clone());
+        assert_eq!(name(&seeded), name(&derived));
+    }
+
+    #[test]
+    fn the_seeded_decode_keeps_other_kinds_and_late_kinds_raw() {
+        let mut update = request("web");
+        update["operation"] = "UPDATE".into();
+        let (derived, seeded) = decode_both(&input(&update));
+        assert!(seeded.projected.is_none());
+        assert_eq!(seeded.object.as_ref().map(|o| o.get()), derived.object.as_ref().map(|o| o.get()));
+        // `object` before `kind`: nothing to choose a projection by yet.
+        let late = r#"{"request": {"object": {"metadata": {"name": "a", "x": 1}}, "uid": "u", "operation": "CREATE",
+                       "kind": {"group": "", "version": "v1", "kind": "Pod"}}}"#;
+        let mut deserializer = serde_json::Deserializer::from_str(late);
+        let seeded = InputSeed::<NoSettings>(pods_by_name, PhantomData).deserialize(&mut deserializer);
+        assert!(seeded.is_ok_and(|i| i.request.projected.is_none() && i.request.object.is_some()));
+        // A null object is no object, projected or not.
+        let mut no_object = request("web");
+        no_object["object"] = serde_json::Value::Null;
+        let (derived, seeded) = decode_both(&input(&no_object));
+        assert_eq!(seeded.object_projected(&NAMES).ok().flatten(), None);
+        assert_eq!(derived.object_projected(&NAMES).ok().flatten(), None);
+        // Missing required fields are refused as by the derive.
+        let text = r#"{"request": {"uid": "u", "kind": {"kind": "Pod"}}}"#;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let refused = InputSeed::<NoSettings>(pods_by_name, PhantomData).deserialize(&mut deserializer);
+        assert!(refused.is_err_and(|e| e.to_string().contains("operation")));
     }
 
     #[test]

@@ -44,7 +44,9 @@ pub mod projection;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-pub use request::{GroupVersionKind, GroupVersionResource, Operation, Request, UserInfo};
+pub use request::{
+    GroupVersionKind, GroupVersionResource, ObjectProjection, Operation, ProjectedObject, Request, UserInfo,
+};
 pub use settings::{NoSettings, Settings, SettingsValidation, parse_settings};
 pub use verdict::{Outcome, Verdict};
 
@@ -136,9 +138,22 @@ pub mod names {
 /// relying on the host to keep ABI.md's call sequence. On other targets it
 /// expands to `pub fn evaluate(input: &[u8]) -> Outcome`, the same decoding
 /// path as the `portcullis_validate` export, for native tests.
+///
+/// `policy!(settings = S, validate = f, object = p)` also declares an
+/// [`ObjectProjection`] `p`: for the kinds and operations it names, the
+/// object is decoded with its projection while the input is read (one pass
+/// over the object instead of two) and served by [`Request::object_projected`]
+/// (and, from what it kept, [`Request::object`]); `Request::object` (the raw
+/// field) is then `None`.
 #[macro_export]
 macro_rules! policy {
     (settings = $settings:ty, validate = $validate:path $(,)?) => {
+        $crate::policy!(@exports $settings, $validate, None);
+    };
+    (settings = $settings:ty, validate = $validate:path, object = $projection:path $(,)?) => {
+        $crate::policy!(@exports $settings, $validate, Some($projection));
+    };
+    (@exports $settings:ty, $validate:path, $projection:expr) => {
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
@@ -160,7 +175,7 @@ macro_rules! policy {
             // SAFETY: only the host calls this export, and ABI.md §4.1 binds it
             // to pass the buffer it got from `portcullis_alloc(len)` in this
             // instance, with the same `len`, fully written, once.
-            unsafe { $crate::abi::validate::<$settings, _>(ptr, len, $validate) }
+            unsafe { $crate::abi::validate_with::<$settings, _>(ptr, len, $validate, $projection) }
         }
 
         #[cfg(target_arch = "wasm32")]
@@ -175,7 +190,7 @@ macro_rules! policy {
         /// exactly as the `portcullis_validate` export does in wasm.
         #[cfg(not(target_arch = "wasm32"))]
         pub fn evaluate(input: &[u8]) -> $crate::Outcome {
-            $crate::abi::evaluate::<$settings, _>(input, $validate)
+            $crate::abi::evaluate_with::<$settings, _>(input, $validate, $projection)
         }
     };
 }

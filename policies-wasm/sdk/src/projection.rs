@@ -50,7 +50,8 @@ pub fn parse(json: &str, keep: &Keep) -> Result<Value, serde_json::Error> {
     Ok(value)
 }
 
-struct Projected<'k>(&'k Keep);
+/// Decodes a value keeping what the projection names.
+pub(crate) struct Projected<'k>(pub(crate) &'k Keep);
 
 impl<'de> DeserializeSeed<'de> for Projected<'_> {
     type Value = Value;

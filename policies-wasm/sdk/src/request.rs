@@ -1,8 +1,19 @@
 //! The `AdmissionRequest` as a policy sees it.
 
-use serde::de::DeserializeOwned;
+use std::fmt;
+
+use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
+
+use crate::projection::{Keep, Projected};
+
+/// Which parts of the object a policy reads, chosen from the request's kind
+/// and operation; `None` leaves the object raw. Declared with
+/// `policy!(..., object = f)`, it lets the object be decoded while the input
+/// is read, instead of being skipped then read again.
+pub type ObjectProjection = fn(&GroupVersionKind, Operation) -> Option<&'static Keep>;
 
 /// Operation being admitted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,12 +131,31 @@ pub struct Request {
     /// The operation's options (`CreateOptions`, `UpdateOptions`, ...), raw.
     #[serde(default)]
     pub options: Option<Box<RawValue>>,
+    /// The new object as the policy's [`ObjectProjection`] decoded it while
+    /// the input was read (`object` is then `None`); the accessors below
+    /// serve it.
+    #[serde(skip)]
+    pub projected: Option<ProjectedObject>,
+}
+
+/// An object decoded with a projection as the input was read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProjectedObject {
+    /// The projection it was decoded with.
+    pub keep: &'static Keep,
+    /// What it kept.
+    pub value: Value,
 }
 
 impl Request {
-    /// Decodes the new object into `T`.
+    /// Decodes the new object into `T` (from the parts the policy's
+    /// projection kept, when the object was decoded with one).
     pub fn object<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
-        decode(self.object.as_deref())
+        match &self.projected {
+            Some(p) if !p.value.is_null() => T::deserialize(&p.value).map(Some),
+            Some(_) => Ok(None),
+            None => decode(self.object.as_deref()),
+        }
     }
 
     /// Decodes the old object into `T`.
@@ -136,16 +166,25 @@ impl Request {
     /// The new object as a mutable JSON value, for mutators: edit it and return
     /// it with [`crate::Verdict::mutate`] so that fields unknown to the policy survive.
     pub fn object_value(&self) -> Result<Option<serde_json::Value>, serde_json::Error> {
-        decode(self.object.as_deref())
+        self.object()
     }
 
     /// The new object as a JSON value holding only what `keep` names (see
     /// [`crate::projection`]): cheaper than [`Request::object_value`] for a
-    /// mutator that reads and patches a few fields of a large object.
-    pub fn object_projected(
-        &self,
-        keep: &crate::projection::Keep,
-    ) -> Result<Option<serde_json::Value>, serde_json::Error> {
+    /// mutator that reads and patches a few fields of a large object. When
+    /// the policy's [`ObjectProjection`] already decoded the object with
+    /// `keep`, this is that value.
+    pub fn object_projected(&self, keep: &Keep) -> Result<Option<serde_json::Value>, serde_json::Error> {
+        if let Some(p) = &self.projected {
+            if p.keep == keep {
+                return Ok(Some(p.value.clone()).filter(|v| !v.is_null()));
+            }
+            // Decoded with another projection: only what both keep is there.
+            return match &p.value {
+                Value::Null => Ok(None),
+                value => crate::projection::parse(&value.to_string(), keep).map(Some),
+            };
+        }
         match self.object.as_deref() {
             Some(raw) if raw.get() != "null" => crate::projection::parse(raw.get(), keep).map(Some),
             _ => Ok(None),
@@ -157,5 +196,95 @@ fn decode<T: DeserializeOwned>(raw: Option<&RawValue>) -> Result<Option<T>, serd
     match raw {
         Some(raw) if raw.get() != "null" => serde_json::from_str(raw.get()).map(Some),
         _ => Ok(None),
+    }
+}
+
+/// Decodes a request, the object with `projection` when it names one for
+/// the request's kind and operation. serde's derive cannot pass a value to a
+/// field's decoder, so this visits the fields itself; it must decode what
+/// the derive decodes (a test compares them).
+pub(crate) struct RequestSeed(pub(crate) ObjectProjection);
+
+impl<'de> DeserializeSeed<'de> for RequestSeed {
+    type Value = Request;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Request, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RequestSeed {
+    type Value = Request;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an AdmissionRequest")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Request, A::Error> {
+        let mut uid = None;
+        let mut kind: Option<GroupVersionKind> = None;
+        let mut operation = None;
+        let mut request = Request {
+            uid: String::new(),
+            kind: GroupVersionKind::default(),
+            resource: GroupVersionResource::default(),
+            sub_resource: None,
+            request_kind: None,
+            request_resource: None,
+            request_sub_resource: None,
+            name: None,
+            namespace: None,
+            operation: Operation::Create,
+            user_info: UserInfo::default(),
+            object: None,
+            old_object: None,
+            dry_run: None,
+            options: None,
+            projected: None,
+        };
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "uid" => uid = Some(map.next_value()?),
+                "kind" => kind = Some(map.next_value()?),
+                "resource" => request.resource = map.next_value()?,
+                "subResource" => request.sub_resource = map.next_value()?,
+                "requestKind" => request.request_kind = map.next_value()?,
+                "requestResource" => request.request_resource = map.next_value()?,
+                "requestSubResource" => request.request_sub_resource = map.next_value()?,
+                "name" => request.name = map.next_value()?,
+                "namespace" => request.namespace = map.next_value()?,
+                "operation" => operation = Some(map.next_value()?),
+                "userInfo" => request.user_info = map.next_value()?,
+                "object" => {
+                    // The API server writes `kind` and `operation` before
+                    // `object`; in another order the object stays raw.
+                    let keep = match (&kind, operation) {
+                        (Some(kind), Some(operation)) => (self.0)(kind, operation),
+                        _ => None,
+                    };
+                    match keep {
+                        Some(keep) => {
+                            let value = map.next_value_seed(Projected(keep))?;
+                            request.object = None;
+                            request.projected = Some(ProjectedObject { keep, value });
+                        }
+                        None => {
+                            request.object = map.next_value()?;
+                            request.projected = None;
+                        }
+                    }
+                }
+                "oldObject" => request.old_object = map.next_value()?,
+                "dryRun" => request.dry_run = map.next_value()?,
+                "options" => request.options = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        request.uid = uid.ok_or_else(|| de::Error::missing_field("uid"))?;
+        request.kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
+        request.operation = operation.ok_or_else(|| de::Error::missing_field("operation"))?;
+        Ok(request)
     }
 }

@@ -23,7 +23,7 @@ pub mod settings;
 
 use portcullis_sdk::json_patch::jsonptr::PointerBuf;
 use portcullis_sdk::projection::Keep;
-use portcullis_sdk::{Operation, Request, Verdict};
+use portcullis_sdk::{GroupVersionKind, Operation, Request, Verdict};
 use serde_json::Value;
 
 pub use crate::settings::Settings;
@@ -51,7 +51,13 @@ pub fn validate(req: &Request, settings: &Settings) -> Result<Verdict, String> {
     }
 }
 
-portcullis_sdk::policy!(settings = Settings, validate = validate);
+portcullis_sdk::policy!(settings = Settings, validate = validate, object = object_projection);
+
+/// A Pod being created is decoded with [`pod::READ`] as the input is read;
+/// other objects stay raw until [`validate`] decodes them.
+pub fn object_projection(kind: &GroupVersionKind, operation: Operation) -> Option<&'static Keep> {
+    (kind.is("", "v1", "Pod") && operation == Operation::Create).then_some(&pod::READ)
+}
 
 /// The object under review, as raw JSON (so a patch keeps every field the
 /// policy does not know), with its namespace and name.
