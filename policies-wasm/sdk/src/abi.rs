@@ -458,12 +458,15 @@ mod tests {
         let mut expected = as_json(&derived);
         expected["object"] = serde_json::Value::Null;
         assert_eq!(as_json(&seeded), expected, "every field but the object is decoded alike");
-        let projected = seeded.projected.as_ref().map(|p| p.value.clone());
+        let projected = seeded.projected.borrow().as_ref().map(|p| p.value.clone());
         assert_eq!(projected, Some(serde_json::json!({"metadata": {"name": "web"}})));
         assert_eq!(seeded.object_projected(&NAMES).ok().flatten(), projected);
         assert_eq!(derived.object_projected(&NAMES).ok().flatten(), projected, "the same as projecting the raw object");
         let name = |r: &Request| r.object::<serde_json::Value>().ok().flatten().map(|o| o["metadata"]["name"].clone());
         assert_eq!(name(&seeded), name(&derived));
+        assert_eq!(seeded.take_object_projected(&NAMES).ok().flatten(), projected, "handed over");
+        assert_eq!(seeded.object_projected(&NAMES).ok().flatten(), None, "and gone from the request");
+        assert_eq!(derived.take_object_projected(&NAMES).ok().flatten(), projected, "a raw object is decoded");
     }
 
     #[test]
@@ -471,14 +474,14 @@ mod tests {
         let mut update = request("web");
         update["operation"] = "UPDATE".into();
         let (derived, seeded) = decode_both(&input(&update));
-        assert!(seeded.projected.is_none());
+        assert!(seeded.projected.borrow().is_none());
         assert_eq!(seeded.object.as_ref().map(|o| o.get()), derived.object.as_ref().map(|o| o.get()));
         // `object` before `kind`: nothing to choose a projection by yet.
         let late = r#"{"request": {"object": {"metadata": {"name": "a", "x": 1}}, "uid": "u", "operation": "CREATE",
                        "kind": {"group": "", "version": "v1", "kind": "Pod"}}}"#;
         let mut deserializer = serde_json::Deserializer::from_str(late);
         let seeded = InputSeed::<NoSettings>(pods_by_name, PhantomData).deserialize(&mut deserializer);
-        assert!(seeded.is_ok_and(|i| i.request.projected.is_none() && i.request.object.is_some()));
+        assert!(seeded.is_ok_and(|i| i.request.projected.borrow().is_none() && i.request.object.is_some()));
         // A null object is no object, projected or not.
         let mut no_object = request("web");
         no_object["object"] = serde_json::Value::Null;

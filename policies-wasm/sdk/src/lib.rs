@@ -44,9 +44,7 @@ pub mod projection;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-pub use request::{
-    GroupVersionKind, GroupVersionResource, ObjectProjection, Operation, ProjectedObject, Request, UserInfo,
-};
+pub use request::{GroupVersionKind, GroupVersionResource, ObjectProjection, Operation, Request, UserInfo};
 pub use settings::{NoSettings, Settings, SettingsValidation, parse_settings};
 pub use verdict::{Outcome, Verdict};
 

@@ -1,5 +1,6 @@
 //! The `AdmissionRequest` as a policy sees it.
 
+use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
@@ -133,14 +134,14 @@ pub struct Request {
     pub options: Option<Box<RawValue>>,
     /// The new object as the policy's [`ObjectProjection`] decoded it while
     /// the input was read (`object` is then `None`); the accessors below
-    /// serve it.
+    /// serve it, and [`Request::take_object_projected`] hands it over.
     #[serde(skip)]
-    pub projected: Option<ProjectedObject>,
+    pub(crate) projected: RefCell<Option<ProjectedObject>>,
 }
 
 /// An object decoded with a projection as the input was read.
 #[derive(Debug, Clone, PartialEq)]
-pub struct ProjectedObject {
+pub(crate) struct ProjectedObject {
     /// The projection it was decoded with.
     pub keep: &'static Keep,
     /// What it kept.
@@ -151,7 +152,7 @@ impl Request {
     /// Decodes the new object into `T` (from the parts the policy's
     /// projection kept, when the object was decoded with one).
     pub fn object<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
-        match &self.projected {
+        match &*self.projected.borrow() {
             Some(p) if !p.value.is_null() => T::deserialize(&p.value).map(Some),
             Some(_) => Ok(None),
             None => decode(self.object.as_deref()),
@@ -175,7 +176,7 @@ impl Request {
     /// the policy's [`ObjectProjection`] already decoded the object with
     /// `keep`, this is that value.
     pub fn object_projected(&self, keep: &Keep) -> Result<Option<serde_json::Value>, serde_json::Error> {
-        if let Some(p) = &self.projected {
+        if let Some(p) = &*self.projected.borrow() {
             if p.keep == keep {
                 return Ok(Some(p.value.clone()).filter(|v| !v.is_null()));
             }
@@ -188,6 +189,18 @@ impl Request {
         match self.object.as_deref() {
             Some(raw) if raw.get() != "null" => crate::projection::parse(raw.get(), keep).map(Some),
             _ => Ok(None),
+        }
+    }
+
+    /// [`Request::object_projected`], handing over the value decoded as the
+    /// input was read instead of copying it: the request no longer holds the
+    /// object afterwards (the accessors then find none). For the one place a
+    /// policy takes the object it patches.
+    pub fn take_object_projected(&self, keep: &Keep) -> Result<Option<serde_json::Value>, serde_json::Error> {
+        let taken = self.projected.borrow_mut().take_if(|p| p.keep == keep);
+        match taken {
+            Some(p) => Ok(Some(p.value).filter(|v| !v.is_null())),
+            None => self.object_projected(keep),
         }
     }
 }
@@ -240,7 +253,7 @@ impl<'de> Visitor<'de> for RequestSeed {
             old_object: None,
             dry_run: None,
             options: None,
-            projected: None,
+            projected: RefCell::new(None),
         };
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             match &*key {
@@ -266,11 +279,11 @@ impl<'de> Visitor<'de> for RequestSeed {
                         Some(keep) => {
                             let value = map.next_value_seed(Projected(keep))?;
                             request.object = None;
-                            request.projected = Some(ProjectedObject { keep, value });
+                            request.projected = RefCell::new(Some(ProjectedObject { keep, value }));
                         }
                         None => {
                             request.object = map.next_value()?;
-                            request.projected = None;
+                            request.projected = RefCell::new(None);
                         }
                     }
                 }

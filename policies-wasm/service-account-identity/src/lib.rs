@@ -79,7 +79,7 @@ impl Object {
     /// deletion).
     fn of(req: &Request, kind: &str, keep: &Keep) -> Result<Option<Self>, String> {
         let value = req
-            .object_projected(keep)
+            .take_object_projected(keep)
             .map_err(|e| format!("cannot decode the object as a v1 {kind}: {e}"))?
             .ok_or_else(|| "the request has no object to check".to_string())?;
         if !value.is_object() {
