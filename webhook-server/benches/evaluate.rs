@@ -7,6 +7,11 @@
 //!
 //! `cargo bench -p webhook-server --bench evaluate` (after `cargo xtask
 //! build-policies`), or `cargo xtask bench`, which records the figures.
+//!
+//! With `PORTCULLIS_BENCH_COUNT=POLICY:N` it only runs N evaluations of
+//! that policy, untimed, after loading it alone (modules from the cache in
+//! `PORTCULLIS_BENCH_MODULE_CACHE`): what `cargo xtask instructions` runs
+//! under valgrind to count the instructions of one evaluation.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -34,9 +39,27 @@ const OBJECTS_PER_KIND: usize = 1_000;
 
 fn main() -> anyhow::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let config = Config::load(&root.join("webhook-server/benches/bench.yaml"))?;
+    let mut config = Config::load(&root.join("webhook-server/benches/bench.yaml"))?;
+    let count = match std::env::var("PORTCULLIS_BENCH_COUNT") {
+        Ok(spec) => {
+            let (name, n) =
+                spec.split_once(':').ok_or_else(|| anyhow::anyhow!("PORTCULLIS_BENCH_COUNT is POLICY:N"))?;
+            config.policies.retain(|p| p.name == name);
+            Some((name.to_owned(), n.parse::<usize>()?))
+        }
+        Err(_) => None,
+    };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let runtime = Arc::new(Runtime::new(&RuntimeOptions::default())?);
+    let mut options = RuntimeOptions {
+        cache_dir: std::env::var_os("PORTCULLIS_BENCH_MODULE_CACHE").map(PathBuf::from),
+        ..Default::default()
+    };
+    if count.is_some() {
+        // Valgrind cannot map the pool of the default 128 instance slots
+        // (4 GiB of address space each); one evaluation at a time needs one.
+        options.max_instances = 2;
+    }
+    let runtime = Arc::new(Runtime::new(&options)?);
     let objects = namespace_objects(OBJECTS_PER_KIND);
     // The HTTPS runs of `cargo xtask bench` answer the same lookups from this file.
     if let Some(out) = std::env::var_os("PORTCULLIS_BENCH_CONTEXT_OUT") {
@@ -47,6 +70,17 @@ fn main() -> anyhow::Result<()> {
     }
     let context = Arc::new(ContextStore::offline(objects, &config.granted_kinds()));
     let set = rt.block_on(PolicySet::load_with_context(&runtime, &config, &context))?;
+    if let Some((name, n)) = count {
+        let (_, fixture) =
+            CASES.iter().find(|(case, _)| *case == name).ok_or_else(|| anyhow::anyhow!("no case {name}"))?;
+        let policy = set.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{name} not loaded"))?;
+        let raw = admission::parse(&std::fs::read(root.join(fixture))?)?.raw.get().to_owned();
+        for _ in 0..n {
+            let verdict = rt.block_on(policy.evaluate(&raw));
+            anyhow::ensure!(verdict.is_ok_and(|v| v.allowed), "{name} did not allow {fixture}");
+        }
+        return Ok(());
+    }
     println!(
         "context: namespace clipper-production holding {OBJECTS_PER_KIND} HorizontalPodAutoscalers and {OBJECTS_PER_KIND} Deployments"
     );

@@ -45,14 +45,14 @@ const CGROUP_V1: &str = "/sys/fs/cgroup/cpu/portcullis-bench";
 const CGROUP_V2: &str = "/sys/fs/cgroup/portcullis-bench";
 
 /// One endpoint measured: the policy, its route and request, and the answer expected.
-struct Case {
-    policy: &'static str,
+pub(crate) struct Case {
+    pub(crate) policy: &'static str,
     path: &'static str,
     body: &'static str,
     patch: bool,
 }
 
-const CASES: [Case; 4] = [
+pub(crate) const CASES: [Case; 4] = [
     Case {
         policy: "allow-all",
         path: "validate",

@@ -14,11 +14,13 @@
 //! - `new-policy`: a new policy crate under `policies-wasm/`, ready to edit;
 //!   `test-new-policy` builds and tests every kind it makes (part of `test`).
 
+mod apt;
 mod bench;
 mod certs;
 mod e2e;
 mod fuzz;
 mod image;
+mod instructions;
 mod new_policy;
 mod registry;
 mod soak;
@@ -62,6 +64,8 @@ enum Task {
     E2e(e2e::Options),
     /// Measure evaluation latency, HTTPS throughput, start-up time and memory.
     Bench(bench::Options),
+    /// Count the instructions of one evaluation of each benchmarked policy (valgrind): noise-free, to compare changes by.
+    Instructions(instructions::Options),
     /// Run the fuzz targets of fuzz/ (cargo-fuzz, installed if missing), each for a bounded time.
     Fuzz(fuzz::Options),
     /// Soak the release server at half its peak throughput (RSS watched), then the faults under load at full size.
@@ -99,6 +103,7 @@ fn main() -> anyhow::Result<()> {
         Task::Image(options) => image::run(&root, &options)?,
         Task::NewPolicy(options) => new_policy::run(&root, &options)?,
         Task::TestNewPolicy => new_policy::test(&root, None)?,
+        Task::Instructions(options) => instructions::run(&root, &options)?,
         Task::Fuzz(options) => fuzz::run(&root, &options)?,
         Task::Soak(options) => soak::run(&root, &options)?,
         Task::DevCert { out, host } => {

@@ -8,7 +8,7 @@ use std::process::Command;
 
 use anyhow::bail;
 
-use crate::run_cmd;
+use crate::apt;
 
 const BINARY: &str = "/usr/bin/docker-registry";
 const PACKAGE: &str = "docker-registry";
@@ -18,7 +18,7 @@ pub fn ensure_docker_registry() -> anyhow::Result<()> {
     if Path::new(BINARY).is_file() {
         return Ok(());
     }
-    if !(is_root() && Path::new("/etc/debian_version").exists() && which("apt-get")) {
+    if !apt::can_install() {
         bail!(
             "{BINARY} not found: the registry tests need the CNCF distribution registry. \
              Install Debian's `{PACKAGE}` package (`apt-get install {PACKAGE}`, then stop and disable \
@@ -26,13 +26,7 @@ pub fn ensure_docker_registry() -> anyhow::Result<()> {
         );
     }
     eprintln!("{BINARY} not found; installing Debian's {PACKAGE}");
-    let apt = |args: &[&str]| -> anyhow::Result<()> {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-        run_cmd(&mut cmd)
-    };
-    apt(&["update", "-qq"])?;
-    apt(&["install", "-y", "-qq", "--no-install-recommends", PACKAGE])?;
+    apt::install(&[PACKAGE])?;
     stop_service();
     if !Path::new(BINARY).is_file() {
         bail!("installed {PACKAGE} but {BINARY} is still missing");
@@ -46,19 +40,11 @@ fn stop_service() {
     let quiet = |program: &str, args: &[&str]| {
         let _ = Command::new(program).args(args).output();
     };
-    if which("systemctl") {
+    if apt::which_path("systemctl").is_some() {
         quiet("systemctl", &["disable", "--now", PACKAGE]);
     }
     if Path::new("/etc/init.d").join(PACKAGE).exists() {
         quiet("service", &[PACKAGE, "stop"]);
         quiet("update-rc.d", &[PACKAGE, "disable"]);
     }
-}
-
-fn which(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(name).is_file()))
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
 }

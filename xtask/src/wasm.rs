@@ -14,7 +14,7 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-use crate::{cargo, run_cmd};
+use crate::{apt, cargo, run_cmd};
 
 const TARGET: &str = "wasm32-unknown-unknown";
 const PROFILE: &str = "wasm-release";
@@ -123,7 +123,7 @@ fn build_npm_policies(root: &Path, out: &Path) -> anyhow::Result<()> {
     if policies.is_empty() {
         return Ok(());
     }
-    if !which("node") || !which("npm") {
+    if apt::which_path("node").is_none() || apt::which_path("npm").is_none() {
         let names: Vec<&str> = policies.iter().map(|(name, _)| name.as_str()).collect();
         eprintln!(
             "skipping {}: node and npm are needed to build them (the host's policy tests need the .wasm)",
@@ -158,14 +158,9 @@ fn detect() -> anyhow::Result<Toolchain> {
     if let Some(toolchain) = debian_toolchain() {
         return Ok(toolchain);
     }
-    if is_root() && Path::new("/etc/debian_version").exists() && which("apt-get") {
+    if apt::can_install() {
         eprintln!("no {TARGET} standard library installed; installing Debian's rustc-web and rust-web-src");
-        let mut update = Command::new("apt-get");
-        update.args(["update", "-qq"]).env("DEBIAN_FRONTEND", "noninteractive");
-        run_cmd(&mut update)?;
-        let mut install = Command::new("apt-get");
-        install.args(["install", "-y", "-qq", "rustc-web", "rust-web-src"]).env("DEBIAN_FRONTEND", "noninteractive");
-        run_cmd(&mut install)?;
+        apt::install(&["rustc-web", "rust-web-src"])?;
         if let Some(toolchain) = debian_toolchain() {
             return Ok(toolchain);
         }
@@ -207,17 +202,5 @@ fn find_lld() -> Option<PathBuf> {
     if bundled.exists() {
         return Some(bundled);
     }
-    ["rust-lld", "wasm-ld", "wasm-ld-16", "wasm-ld-15", "wasm-ld-14"].iter().find_map(|name| which_path(name))
-}
-
-fn which(name: &str) -> bool {
-    which_path(name).is_some()
-}
-
-fn which_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")?.to_str()?.split(':').map(|dir| Path::new(dir).join(name)).find(|p| p.is_file())
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.trim_ascii() == b"0")
+    ["rust-lld", "wasm-ld", "wasm-ld-16", "wasm-ld-15", "wasm-ld-14"].iter().find_map(|name| apt::which_path(name))
 }
