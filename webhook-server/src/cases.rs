@@ -170,7 +170,7 @@ impl CaseRunner {
 /// What the server answers on `/mutate/{policy}` for `review`, in the terms
 /// a case is checked against (the patch decoded from base64); the uid must be echoed.
 pub async fn answer(policy: &Policy, review: &Value) -> Result<Answer, String> {
-    let body = serde_json::to_vec(review).map_err(|e| e.to_string())?;
+    let body = review_json(review);
     let incoming = admission::parse(&body).map_err(|e| e.to_string())?;
     let verdict = policy.evaluate(incoming.raw.get()).await;
     let decision = admission::decide(policy, Endpoint::Mutate, &incoming, verdict);
@@ -194,6 +194,21 @@ pub async fn answer(policy: &Policy, review: &Value) -> Result<Answer, String> {
         warnings: response.warnings.unwrap_or_default(),
         patch,
     })
+}
+
+/// `review` as the API server writes it: the request's fields in its order
+/// (a `serde_json::Value` sorts them, putting `object` before `operation`),
+/// so that a policy's object projection decodes the object as in production.
+fn review_json(review: &Value) -> Vec<u8> {
+    let Some(fields) = review.as_object() else { return review.to_string().into_bytes() };
+    let members: Vec<String> = fields
+        .iter()
+        .map(|(name, value)| {
+            let value = if name == "request" { portcullis_sdk::request_json(value) } else { value.to_string() };
+            format!("{}:{value}", Value::from(name.as_str()))
+        })
+        .collect();
+    format!("{{{}}}", members.join(",")).into_bytes()
 }
 
 /// A policy name for a module file: its stem, as a DNS label.

@@ -15,13 +15,13 @@
 //! all; native code calls [`evaluate`], which takes the input as a slice.
 #![allow(unsafe_code)]
 
-use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
 
 use serde::Deserialize;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 
+use crate::projection::Key;
 use crate::request::RequestSeed;
 use crate::settings::{Settings, SettingsValidation, parse_settings};
 use crate::verdict::Outcome;
@@ -138,15 +138,18 @@ impl<'de, S: Settings> Visitor<'de> for InputSeed<S> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Input<S>, A::Error> {
         let (mut request, mut settings) = (None, None);
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             match &*key {
+                "request" if request.is_some() => return Err(de::Error::duplicate_field("request")),
                 "request" => request = Some(map.next_value_seed(RequestSeed(self.0))?),
-                "settings" => settings = map.next_value()?,
+                "settings" if settings.is_some() => return Err(de::Error::duplicate_field("settings")),
+                "settings" => settings = Some(map.next_value::<Option<S>>()?),
                 _ => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
         }
+        let settings = settings.flatten();
         let request = request.ok_or_else(|| de::Error::missing_field("request"))?;
         Ok(Input { request, settings })
     }
@@ -403,30 +406,9 @@ mod tests {
         (kind.is("", "v1", "Pod") && operation == crate::Operation::Create).then_some(&NAMES)
     }
 
-    /// `{"request": ..., "settings": {}}` with the request's fields in the
-    /// API server's order (`kind` and `operation` before `object`), which a
-    /// `serde_json::Value` (keys sorted) would not keep.
+    /// `{"request": ..., "settings": {}}`, the request's fields in the API server's order.
     fn input(request: &serde_json::Value) -> String {
-        const ORDER: [&str; 16] = [
-            "uid",
-            "kind",
-            "resource",
-            "subResource",
-            "requestKind",
-            "requestResource",
-            "requestSubResource",
-            "name",
-            "namespace",
-            "operation",
-            "userInfo",
-            "object",
-            "oldObject",
-            "dryRun",
-            "options",
-            "unknownField",
-        ];
-        let fields: Vec<String> = ORDER.iter().filter_map(|k| request.get(k).map(|v| format!("{:?}:{v}", k))).collect();
-        format!(r#"{{"request":{{{}}},"settings":{{}}}}"#, fields.join(","))
+        format!(r#"{{"request":{},"settings":{{}}}}"#, crate::request::request_json(request))
     }
 
     fn decode_both(text: &str) -> (Request, Request) {
@@ -458,15 +440,40 @@ mod tests {
         let mut expected = as_json(&derived);
         expected["object"] = serde_json::Value::Null;
         assert_eq!(as_json(&seeded), expected, "every field but the object is decoded alike");
-        let projected = seeded.projected.borrow().as_ref().map(|p| p.value.clone());
+        let projected = match &*seeded.state.borrow() {
+            crate::request::ObjectState::Projected { value, .. } => Some(value.clone()),
+            _ => None,
+        };
         assert_eq!(projected, Some(serde_json::json!({"metadata": {"name": "web"}})));
         assert_eq!(seeded.object_projected(&NAMES).ok().flatten(), projected);
         assert_eq!(derived.object_projected(&NAMES).ok().flatten(), projected, "the same as projecting the raw object");
         let name = |r: &Request| r.object::<serde_json::Value>().ok().flatten().map(|o| o["metadata"]["name"].clone());
         assert_eq!(name(&seeded), name(&derived));
-        assert_eq!(seeded.take_object_projected(&NAMES).ok().flatten(), projected, "handed over");
-        assert_eq!(seeded.object_projected(&NAMES).ok().flatten(), None, "and gone from the request");
-        assert_eq!(derived.take_object_projected(&NAMES).ok().flatten(), projected, "a raw object is decoded");
+        assert!(seeded.object_value().is_err(), "a projected object is not whole: Verdict::mutate would lose fields");
+        assert!(derived.object_value().is_ok_and(|o| o.is_some_and(|o| o["kind"] == "Pod")));
+        const OTHER: crate::projection::Keep = crate::projection::Keep::All;
+        assert!(seeded.object_projected(&OTHER).is_err(), "another projection cannot be served");
+        assert!(seeded.take_object_projected(&OTHER).is_err());
+        for request in [&seeded, &derived] {
+            assert_eq!(request.take_object_projected(&NAMES).ok().flatten(), projected, "handed over");
+            assert!(request.object_projected(&NAMES).is_err(), "gone from the request, which says so");
+            assert!(request.object::<serde_json::Value>().is_err() && request.object_value().is_err());
+            assert!(request.take_object_projected(&NAMES).is_err());
+        }
+    }
+
+    #[test]
+    fn the_seeded_decode_refuses_repeated_fields_as_the_derive_does() {
+        let text = r#"{"request": {"uid": "u", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                       "operation": "CREATE", "object": {}, "operation": "UPDATE"}}"#;
+        assert!(serde_json::from_str::<Input<NoSettings>>(text).is_err());
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let seeded = InputSeed::<NoSettings>(pods_by_name, PhantomData).deserialize(&mut deserializer);
+        assert!(seeded.is_err_and(|e| e.to_string().contains("duplicate field `operation`")));
+        let text = r#"{"request": {"uid": "u", "kind": {"kind": "Pod"}, "operation": "CREATE"}, "settings": {}, "settings": {}}"#;
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let seeded = InputSeed::<NoSettings>(pods_by_name, PhantomData).deserialize(&mut deserializer);
+        assert!(seeded.is_err_and(|e| e.to_string().contains("duplicate field `settings`")));
     }
 
     #[test]
@@ -474,14 +481,18 @@ mod tests {
         let mut update = request("web");
         update["operation"] = "UPDATE".into();
         let (derived, seeded) = decode_both(&input(&update));
-        assert!(seeded.projected.borrow().is_none());
+        assert_eq!(*seeded.state.borrow(), crate::request::ObjectState::Raw);
         assert_eq!(seeded.object.as_ref().map(|o| o.get()), derived.object.as_ref().map(|o| o.get()));
         // `object` before `kind`: nothing to choose a projection by yet.
         let late = r#"{"request": {"object": {"metadata": {"name": "a", "x": 1}}, "uid": "u", "operation": "CREATE",
                        "kind": {"group": "", "version": "v1", "kind": "Pod"}}}"#;
         let mut deserializer = serde_json::Deserializer::from_str(late);
         let seeded = InputSeed::<NoSettings>(pods_by_name, PhantomData).deserialize(&mut deserializer);
-        assert!(seeded.is_ok_and(|i| i.request.projected.borrow().is_none() && i.request.object.is_some()));
+        assert!(
+            seeded.is_ok_and(
+                |i| *i.request.state.borrow() == crate::request::ObjectState::Raw && i.request.object.is_some()
+            )
+        );
         // A null object is no object, projected or not.
         let mut no_object = request("web");
         no_object["object"] = serde_json::Value::Null;

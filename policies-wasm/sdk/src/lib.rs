@@ -44,7 +44,10 @@ pub mod projection;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
-pub use request::{GroupVersionKind, GroupVersionResource, ObjectProjection, Operation, Request, UserInfo};
+pub use request::{
+    GroupVersionKind, GroupVersionResource, ObjectProjection, Operation, REQUEST_FIELDS, Request, UserInfo,
+    request_json,
+};
 pub use settings::{NoSettings, Settings, SettingsValidation, parse_settings};
 pub use verdict::{Outcome, Verdict};
 

@@ -67,7 +67,7 @@ impl<'de> DeserializeSeed<'de> for Projected<'_> {
 struct ProjectedVisitor<'k>(&'k Keep);
 
 /// A map key, borrowed from the input when it has no escapes.
-struct Key<'de>(Cow<'de, str>);
+pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
     fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::projection::{Keep, Projected};
+use crate::projection::{Keep, Key, Projected};
 
 /// Which parts of the object a policy reads, chosen from the request's kind
 /// and operation; `None` leaves the object raw. Declared with
@@ -86,7 +86,9 @@ pub struct UserInfo {
 ///
 /// The object and old object stay as raw JSON until a policy decodes them into
 /// the type it needs with [`Request::object`], so a policy pays only for the
-/// fields it reads.
+/// fields it reads; or, for a policy that declares an [`ObjectProjection`],
+/// the object is decoded with it as the input is read (`object` is then
+/// `None`; see [`Request::object_projected`]).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Request {
@@ -132,30 +134,40 @@ pub struct Request {
     /// The operation's options (`CreateOptions`, `UpdateOptions`, ...), raw.
     #[serde(default)]
     pub options: Option<Box<RawValue>>,
-    /// The new object as the policy's [`ObjectProjection`] decoded it while
-    /// the input was read (`object` is then `None`); the accessors below
-    /// serve it, and [`Request::take_object_projected`] hands it over.
+    /// Where the new object is: raw in `object`, decoded by the policy's
+    /// [`ObjectProjection`] as the input was read, or handed over by
+    /// [`Request::take_object_projected`].
     #[serde(skip)]
-    pub(crate) projected: RefCell<Option<ProjectedObject>>,
+    pub(crate) state: RefCell<ObjectState>,
 }
 
-/// An object decoded with a projection as the input was read.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct ProjectedObject {
-    /// The projection it was decoded with.
-    pub keep: &'static Keep,
-    /// What it kept.
-    pub value: Value,
+/// Where a request's new object is.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) enum ObjectState {
+    /// In `Request::object`, raw (or absent).
+    #[default]
+    Raw,
+    /// Decoded with a projection as the input was read.
+    Projected {
+        /// The projection it was decoded with.
+        keep: &'static Keep,
+        /// What it kept (`null` when the request's object was `null`).
+        value: Value,
+    },
+    /// Handed over by [`Request::take_object_projected`].
+    Taken,
 }
 
 impl Request {
-    /// Decodes the new object into `T` (from the parts the policy's
-    /// projection kept, when the object was decoded with one).
+    /// Decodes the new object into `T`: from the raw object, or from what
+    /// the policy's [`ObjectProjection`] kept when the object was decoded
+    /// with one (fields it skipped look absent).
     pub fn object<T: DeserializeOwned>(&self) -> Result<Option<T>, serde_json::Error> {
-        match &*self.projected.borrow() {
-            Some(p) if !p.value.is_null() => T::deserialize(&p.value).map(Some),
-            Some(_) => Ok(None),
-            None => decode(self.object.as_deref()),
+        match &*self.state.borrow() {
+            ObjectState::Raw => decode(self.object.as_deref()),
+            ObjectState::Projected { value: Value::Null, .. } => Ok(None),
+            ObjectState::Projected { value, .. } => T::deserialize(value).map(Some),
+            ObjectState::Taken => Err(taken()),
         }
     }
 
@@ -164,44 +176,80 @@ impl Request {
         decode(self.old_object.as_deref())
     }
 
-    /// The new object as a mutable JSON value, for mutators: edit it and return
-    /// it with [`crate::Verdict::mutate`] so that fields unknown to the policy survive.
+    /// The whole new object as a mutable JSON value, for mutators: edit it
+    /// and return it with [`crate::Verdict::mutate`] so that fields unknown
+    /// to the policy survive. An error when the object was decoded with the
+    /// policy's [`ObjectProjection`]: it no longer holds the fields the
+    /// projection skipped, which `Verdict::mutate` would remove.
     pub fn object_value(&self) -> Result<Option<serde_json::Value>, serde_json::Error> {
-        self.object()
+        match &*self.state.borrow() {
+            ObjectState::Raw => decode(self.object.as_deref()),
+            ObjectState::Projected { .. } => Err(serde::de::Error::custom(
+                "the object was decoded with the policy's object projection, so it is not whole: \
+                 use Request::object_projected with that projection",
+            )),
+            ObjectState::Taken => Err(taken()),
+        }
     }
 
     /// The new object as a JSON value holding only what `keep` names (see
     /// [`crate::projection`]): cheaper than [`Request::object_value`] for a
     /// mutator that reads and patches a few fields of a large object. When
-    /// the policy's [`ObjectProjection`] already decoded the object with
-    /// `keep`, this is that value.
+    /// the policy's [`ObjectProjection`] already decoded the object, this is
+    /// that value, and `keep` must be the projection it was decoded with
+    /// (another one is an error: the fields only it names are gone).
     pub fn object_projected(&self, keep: &Keep) -> Result<Option<serde_json::Value>, serde_json::Error> {
-        if let Some(p) = &*self.projected.borrow() {
-            if p.keep == keep {
-                return Ok(Some(p.value.clone()).filter(|v| !v.is_null()));
+        match &*self.state.borrow() {
+            ObjectState::Raw => project(self.object.as_deref(), keep),
+            ObjectState::Projected { keep: decoded, value } => {
+                check_same(decoded, keep)?;
+                Ok(Some(value.clone()).filter(|v| !v.is_null()))
             }
-            // Decoded with another projection: only what both keep is there.
-            return match &p.value {
-                Value::Null => Ok(None),
-                value => crate::projection::parse(&value.to_string(), keep).map(Some),
-            };
-        }
-        match self.object.as_deref() {
-            Some(raw) if raw.get() != "null" => crate::projection::parse(raw.get(), keep).map(Some),
-            _ => Ok(None),
+            ObjectState::Taken => Err(taken()),
         }
     }
 
-    /// [`Request::object_projected`], handing over the value decoded as the
-    /// input was read instead of copying it: the request no longer holds the
-    /// object afterwards (the accessors then find none). For the one place a
-    /// policy takes the object it patches.
+    /// [`Request::object_projected`], handing the value over instead of
+    /// copying it: for the one place a policy takes the object it patches.
+    /// Afterwards the request holds no object: every accessor of it is an
+    /// error (not `None`, which would read as "no object").
     pub fn take_object_projected(&self, keep: &Keep) -> Result<Option<serde_json::Value>, serde_json::Error> {
-        let taken = self.projected.borrow_mut().take_if(|p| p.keep == keep);
-        match taken {
-            Some(p) => Ok(Some(p.value).filter(|v| !v.is_null())),
-            None => self.object_projected(keep),
+        let state = self.state.replace(ObjectState::Taken);
+        match state {
+            ObjectState::Raw => project(self.object.as_deref(), keep),
+            ObjectState::Projected { keep: decoded, value } => match check_same(decoded, keep) {
+                Ok(()) => Ok(Some(value).filter(|v| !v.is_null())),
+                Err(e) => {
+                    self.state.replace(ObjectState::Projected { keep: decoded, value });
+                    Err(e)
+                }
+            },
+            ObjectState::Taken => Err(taken()),
         }
+    }
+}
+
+/// The error of an accessor called after [`Request::take_object_projected`].
+fn taken() -> serde_json::Error {
+    serde::de::Error::custom("the object was already taken (Request::take_object_projected)")
+}
+
+/// Whether the object decoded with `decoded` can serve `asked`.
+fn check_same(decoded: &Keep, asked: &Keep) -> Result<(), serde_json::Error> {
+    if std::ptr::eq(decoded, asked) || decoded == asked {
+        Ok(())
+    } else {
+        Err(serde::de::Error::custom(
+            "the object was decoded with the policy's object projection, not the one asked for: \
+             ask with the projection the policy declares",
+        ))
+    }
+}
+
+fn project(raw: Option<&RawValue>, keep: &Keep) -> Result<Option<Value>, serde_json::Error> {
+    match raw {
+        Some(raw) if raw.get() != "null" => crate::projection::parse(raw.get(), keep).map(Some),
+        _ => Ok(None),
     }
 }
 
@@ -234,9 +282,6 @@ impl<'de> Visitor<'de> for RequestSeed {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Request, A::Error> {
-        let mut uid = None;
-        let mut kind: Option<GroupVersionKind> = None;
-        let mut operation = None;
         let mut request = Request {
             uid: String::new(),
             kind: GroupVersionKind::default(),
@@ -253,12 +298,23 @@ impl<'de> Visitor<'de> for RequestSeed {
             old_object: None,
             dry_run: None,
             options: None,
-            projected: RefCell::new(None),
+            state: RefCell::new(ObjectState::Raw),
         };
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match &*key {
-                "uid" => uid = Some(map.next_value()?),
-                "kind" => kind = Some(map.next_value()?),
+        // Which of `REQUEST_FIELDS` were seen: a repeated one is refused, as
+        // the derive refuses it.
+        let mut seen = 0u32;
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            let Some(field) = REQUEST_FIELDS.iter().position(|f| *f == key) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
+            };
+            if seen & (1 << field) != 0 {
+                return Err(de::Error::duplicate_field(REQUEST_FIELDS[field]));
+            }
+            seen |= 1 << field;
+            match REQUEST_FIELDS[field] {
+                "uid" => request.uid = map.next_value()?,
+                "kind" => request.kind = map.next_value()?,
                 "resource" => request.resource = map.next_value()?,
                 "subResource" => request.sub_resource = map.next_value()?,
                 "requestKind" => request.request_kind = map.next_value()?,
@@ -266,38 +322,70 @@ impl<'de> Visitor<'de> for RequestSeed {
                 "requestSubResource" => request.request_sub_resource = map.next_value()?,
                 "name" => request.name = map.next_value()?,
                 "namespace" => request.namespace = map.next_value()?,
-                "operation" => operation = Some(map.next_value()?),
+                "operation" => request.operation = map.next_value()?,
                 "userInfo" => request.user_info = map.next_value()?,
                 "object" => {
                     // The API server writes `kind` and `operation` before
                     // `object`; in another order the object stays raw.
-                    let keep = match (&kind, operation) {
-                        (Some(kind), Some(operation)) => (self.0)(kind, operation),
-                        _ => None,
-                    };
-                    match keep {
-                        Some(keep) => {
+                    let known = |name| seen & (1 << field_index(name)) != 0;
+                    match (known("kind") && known("operation")).then(|| (self.0)(&request.kind, request.operation)) {
+                        Some(Some(keep)) => {
                             let value = map.next_value_seed(Projected(keep))?;
-                            request.object = None;
-                            request.projected = RefCell::new(Some(ProjectedObject { keep, value }));
+                            request.state = RefCell::new(ObjectState::Projected { keep, value });
                         }
-                        None => {
-                            request.object = map.next_value()?;
-                            request.projected = RefCell::new(None);
-                        }
+                        _ => request.object = map.next_value()?,
                     }
                 }
                 "oldObject" => request.old_object = map.next_value()?,
                 "dryRun" => request.dry_run = map.next_value()?,
-                "options" => request.options = map.next_value()?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                }
+                _ => request.options = map.next_value()?,
             }
         }
-        request.uid = uid.ok_or_else(|| de::Error::missing_field("uid"))?;
-        request.kind = kind.ok_or_else(|| de::Error::missing_field("kind"))?;
-        request.operation = operation.ok_or_else(|| de::Error::missing_field("operation"))?;
+        for required in ["uid", "kind", "operation"] {
+            if seen & (1 << field_index(required)) == 0 {
+                return Err(de::Error::missing_field(required));
+            }
+        }
         Ok(request)
     }
+}
+
+/// The fields of an `AdmissionRequest`, in the order the API server writes
+/// them: `kind` and `operation` come before `object`, which an
+/// [`ObjectProjection`] relies on.
+pub const REQUEST_FIELDS: [&str; 15] = [
+    "uid",
+    "kind",
+    "resource",
+    "subResource",
+    "requestKind",
+    "requestResource",
+    "requestSubResource",
+    "name",
+    "namespace",
+    "operation",
+    "userInfo",
+    "object",
+    "oldObject",
+    "dryRun",
+    "options",
+];
+
+fn field_index(name: &str) -> usize {
+    REQUEST_FIELDS.iter().position(|f| *f == name).unwrap_or(REQUEST_FIELDS.len())
+}
+
+/// `request`, an `AdmissionRequest` as a JSON value, written with its
+/// fields in the API server's order ([`REQUEST_FIELDS`]; other fields after
+/// them), as the server hands it to a policy. A `serde_json::Value` keeps
+/// its keys sorted, which puts `object` before `operation`: tests and tools
+/// that build requests as values write them with this so that a policy's
+/// [`ObjectProjection`] is exercised as in production.
+pub fn request_json(request: &Value) -> String {
+    let Value::Object(fields) = request else { return request.to_string() };
+    let known = REQUEST_FIELDS.iter().filter_map(|name| fields.get_key_value(*name));
+    let others = fields.iter().filter(|(name, _)| !REQUEST_FIELDS.contains(&name.as_str()));
+    let members: Vec<String> =
+        known.chain(others).map(|(name, value)| format!("{}:{value}", Value::from(name.as_str()))).collect();
+    format!("{{{}}}", members.join(","))
 }

@@ -190,8 +190,10 @@ pub fn run_cases(test_data: &Path, evaluate: fn(&[u8]) -> Outcome) -> Result<usi
     let cases = load_cases(test_data)?;
     let answer = |review: &Value, settings: &Value| -> Result<Answer, String> {
         let request = review.get("request").ok_or("the review has no request")?;
-        let input = serde_json::json!({"request": request, "settings": settings});
-        match evaluate(input.to_string().as_bytes()) {
+        // Written in the API server's field order, so a policy's object
+        // projection decodes the object as in production.
+        let input = format!(r#"{{"request":{},"settings":{settings}}}"#, crate::request_json(request));
+        match evaluate(input.as_bytes()) {
             Outcome::Verdict(verdict) => Ok(Answer::from_verdict(verdict, request.get("object"))),
             Outcome::Error { error } => Err(format!("the policy reported an error: {error}")),
         }
@@ -332,8 +334,10 @@ pub fn request_for(gvk: &str, operation: &str, object: serde_json::Value) -> Res
     serde_json::from_value(json).map_err(|e| format!("invalid request: {e}"))
 }
 
-/// Runs `policy` on `request` with settings JSON, through the same decoding
-/// path as the wasm export (settings validated first).
+/// Runs `policy` on `request` with settings JSON, the settings decoded and
+/// validated as the server does. The request is used as given, its object
+/// raw: a policy's object projection (`policy!(..., object = ...)`) is not
+/// applied here; [`run_cases`] and the generated `evaluate` apply it.
 pub fn run<S, O>(policy: fn(&Request, &S) -> O, request: &Request, settings_json: &str) -> Result<Outcome, String>
 where
     S: Settings,
