@@ -7,11 +7,11 @@ use base64::Engine as _;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse};
 use kube_core::{Status, TypeMeta};
-use portcullis_sdk::Verdict;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 
+use crate::abi::GuestVerdict;
 use crate::config::{FailurePolicy, Mode};
 use crate::policy::Policy;
 use crate::runtime::EvalError;
@@ -209,7 +209,7 @@ pub fn decide(
     policy: &Policy,
     endpoint: Endpoint,
     incoming: &Incoming<'_>,
-    result: Result<Verdict, EvalError>,
+    result: Result<GuestVerdict, EvalError>,
 ) -> Decision {
     let name = policy.name();
     let base = AdmissionResponse::from(&incoming.request);
@@ -226,10 +226,7 @@ pub fn decide(
         Ok((verdict, patch)) => {
             let warnings = verdict.warnings;
             if verdict.allowed {
-                let patch = match patch.map(|p| serde_json::to_vec(&p)).transpose() {
-                    Ok(bytes) => bytes.map(|b| base64::engine::general_purpose::STANDARD.encode(b)),
-                    Err(e) => return failed(policy, &incoming.request, EvalError::BadOutput(format!("patch: {e}"))),
-                };
+                let patch = patch.map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes));
                 (with_warnings(base, warnings), patch, "allowed", "policy")
             } else {
                 let message = verdict.message.unwrap_or_else(|| format!("denied by policy {name}"));
@@ -309,29 +306,31 @@ struct ObjectOnly {
 const NO_OBJECT: &str = "a patch was returned for a request without an object";
 
 /// The RFC 6902 patch a mutating verdict asks for (taken out of it),
-/// checked against the object; `None` when nothing changes.
-fn patch_of(verdict: &mut Verdict, raw_request: &RawValue) -> Result<Option<json_patch::Patch>, EvalError> {
-    let patch = match (verdict.patch.take(), verdict.mutated_object.take()) {
+/// checked against the object, as the JSON to send; `None` when nothing changes.
+fn patch_of(verdict: &mut GuestVerdict, raw_request: &RawValue) -> Result<Option<Vec<u8>>, EvalError> {
+    let encode = |json: serde_json::Result<Vec<u8>>| json.map_err(|e| EvalError::BadOutput(format!("patch: {e}")));
+    match (verdict.patch.take(), verdict.mutated_object.take()) {
         (_, Some(mutated)) => {
             let original = serde_json::from_str::<ObjectOnly>(raw_request.get())
                 .ok()
                 .and_then(|o| o.object)
                 .ok_or_else(|| EvalError::BadOutput(NO_OBJECT.into()))?;
-            json_patch::diff(&original, &mutated)
+            let patch = json_patch::diff(&original, &mutated);
+            if patch.0.is_empty() { Ok(None) } else { encode(serde_json::to_vec(&patch)).map(Some) }
         }
-        (Some(patch), None) if patch.0.is_empty() => patch,
+        (Some(patch), None) if patch.is_empty() => Ok(None),
         // Checked on the parts of the object the operations reach, not a
-        // decoding of all of it (`patch_check`).
+        // decoding of all of it (`patch_check`), and sent on as the guest
+        // wrote its values.
         (Some(patch), None) => match crate::patch_check::check(raw_request, &patch) {
-            Ok(()) => patch,
-            Err(crate::patch_check::Refused::NoObject) => return Err(EvalError::BadOutput(NO_OBJECT.into())),
+            Ok(()) => encode(serde_json::to_vec(&patch)).map(Some),
+            Err(crate::patch_check::Refused::NoObject) => Err(EvalError::BadOutput(NO_OBJECT.into())),
             Err(crate::patch_check::Refused::DoesNotApply(e)) => {
-                return Err(EvalError::BadOutput(format!("patch does not apply to the object: {e}")));
+                Err(EvalError::BadOutput(format!("patch does not apply to the object: {e}")))
             }
         },
-        (None, None) => return Ok(None),
-    };
-    Ok((!patch.0.is_empty()).then_some(patch))
+        (None, None) => Ok(None),
+    }
 }
 
 #[cfg(test)]
@@ -381,18 +380,25 @@ mod tests {
     #[test]
     fn patches_from_mutated_objects_and_from_operations() -> Result<(), Box<dyn std::error::Error>> {
         let raw: Box<RawValue> = RawValue::from_string(r#"{"object":{"metadata":{"name":"a"}}}"#.into())?;
-        let mut mutated = Verdict::mutate(serde_json::json!({"metadata":{"name":"a","labels":{"x/y":"1"}}}));
+        let verdict = |json: &str| crate::abi::decode_verdict(json.as_bytes());
+        let mut mutated =
+            verdict(r#"{"allowed":true,"mutatedObject":{"metadata":{"name":"a","labels":{"x/y":"1"}}}}"#)?;
         let patch = patch_of(&mut mutated, &raw)?.ok_or("no patch")?;
         assert_eq!(
-            serde_json::to_value(&patch)?,
+            serde_json::from_slice::<serde_json::Value>(&patch)?,
             serde_json::json!([{"op":"add","path":"/metadata/labels","value":{"x/y":"1"}}])
         );
-        let mut unchanged = Verdict::mutate(serde_json::json!({"metadata":{"name":"a"}}));
+        let mut unchanged = verdict(r#"{"allowed":true,"mutatedObject":{"metadata":{"name":"a"}}}"#)?;
         assert!(patch_of(&mut unchanged, &raw)?.is_none());
-        let bad: json_patch::Patch = serde_json::from_value(serde_json::json!([{"op":"remove","path":"/spec"}]))?;
-        assert!(
-            matches!(patch_of(&mut Verdict::patch(bad), &raw), Err(EvalError::BadOutput(m)) if m.contains("does not apply"))
-        );
+        // Operations are sent on as the guest wrote their values.
+        let mut ops =
+            verdict(r#"{"allowed":true,"patch":[{"op":"add","path":"/metadata/labels","value":{"b":"2","a":1.50}}]}"#)?;
+        let patch = patch_of(&mut ops, &raw)?.ok_or("no patch")?;
+        assert_eq!(String::from_utf8(patch)?, r#"[{"op":"add","path":"/metadata/labels","value":{"b":"2","a":1.50}}]"#);
+        let mut none = verdict(r#"{"allowed":true,"patch":[]}"#)?;
+        assert!(patch_of(&mut none, &raw)?.is_none());
+        let mut bad = verdict(r#"{"allowed":true,"patch":[{"op":"remove","path":"/spec"}]}"#)?;
+        assert!(matches!(patch_of(&mut bad, &raw), Err(EvalError::BadOutput(m)) if m.contains("does not apply")));
         Ok(())
     }
 }

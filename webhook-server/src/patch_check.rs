@@ -23,12 +23,14 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use json_patch::Patch;
 use json_patch::jsonptr::Pointer;
-use json_patch::{Patch, PatchOperation};
 use serde::Deserialize as _;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 use serde_json::value::RawValue;
+
+use crate::abi::{Op, Operation, RawPatch};
 
 /// Why a patch was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,18 +43,54 @@ pub enum Refused {
 
 /// Checks that `patch` applies to the `object` of `raw_request` (the
 /// AdmissionReview's `request`).
-pub fn check(raw_request: &RawValue, patch: &Patch) -> Result<(), Refused> {
-    let wanted = Wanted::of(patch);
+pub fn check(raw_request: &RawValue, patch: &RawPatch) -> Result<(), Refused> {
+    let wanted = Wanted::of(&patch.0);
     let mut de = serde_json::Deserializer::from_str(raw_request.get());
     let object = de
         .deserialize_map(RequestObject(&wanted))
         .map_err(|e| Refused::DoesNotApply(format!("the request could not be read: {e}")))?;
     let mut skeleton = object.ok_or(Refused::NoObject)?;
+    let operations = patch
+        .0
+        .iter()
+        .enumerate()
+        .map(|(i, op)| {
+            op.decode(|raw| match value_is_read(&patch.0, i) {
+                true => serde_json::from_str(raw.get()),
+                false => Ok(Value::Null),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Refused::DoesNotApply(format!("a value of the patch could not be read: {e}")))?;
     // Not `json_patch::patch`: on a failure it undoes the operations applied
     // so far, and panics when an undo fails (a `move` to its own parent,
     // then any failing operation). The skeleton is a scratch value: nothing
     // to undo.
-    json_patch::patch_unsafe(&mut skeleton, patch).map_err(|e| Refused::DoesNotApply(e.to_string()))
+    json_patch::patch_unsafe(&mut skeleton, &Patch(operations)).map_err(|e| Refused::DoesNotApply(e.to_string()))
+}
+
+/// Whether applying the operations after `ops[i]` can depend on what its
+/// value holds rather than only on its being there: then the skeleton gets
+/// the value itself, else a placeholder. A value can be read by a `test`
+/// (its own, or a later one at or above where it went), moved or copied
+/// elsewhere (a `from` at or above it), or descended into (a later path
+/// below its parent: through an array's shifting indices, a path below any
+/// sibling may reach it). Most of a mutator's values (appended variables,
+/// mounts, volumes) are none of these, and are never decoded.
+fn value_is_read(ops: &[Operation], i: usize) -> bool {
+    let op = &ops[i];
+    let Some(parent) = op.path.parent() else { return true };
+    if op.op == Op::Test {
+        return true;
+    }
+    let depth = op.path.count();
+    ops[i + 1..].iter().any(|later| {
+        let reads = |p: &Pointer| p.starts_with(parent) || parent.starts_with(p);
+        let below = |p: &Pointer| p.starts_with(parent) && p.count() > depth;
+        let from_reads = later.from.as_deref().is_some_and(|from| reads(from) || below(from));
+        let path_reads = if later.op == Op::Test { reads(&later.path) } else { below(&later.path) };
+        from_reads || path_reads
+    })
 }
 
 /// What of a value the patch can reach.
@@ -68,21 +106,24 @@ struct Wanted {
 }
 
 impl Wanted {
-    fn of(patch: &Patch) -> Self {
+    fn of(ops: &[Operation]) -> Self {
         let mut root = Self::default();
-        for op in &patch.0 {
-            match op {
-                PatchOperation::Add(op) => root.target(&op.path, true),
-                PatchOperation::Remove(op) => root.target(&op.path, true),
-                PatchOperation::Replace(op) => root.target(&op.path, false),
-                PatchOperation::Test(op) => root.node(&op.path).whole = true,
-                PatchOperation::Copy(op) => {
-                    root.node(&op.from).whole = true;
+        for op in ops {
+            match (op.op, op.from.as_deref()) {
+                (Op::Add | Op::Remove, _) => root.target(&op.path, true),
+                (Op::Replace, _) => root.target(&op.path, false),
+                (Op::Test, _) => root.node(&op.path).whole = true,
+                (Op::Copy, from) => {
+                    if let Some(from) = from {
+                        root.node(from).whole = true;
+                    }
                     root.target(&op.path, true);
                 }
-                PatchOperation::Move(op) => {
-                    root.target(&op.from, true);
-                    root.node(&op.from).whole = true;
+                (Op::Move, from) => {
+                    if let Some(from) = from {
+                        root.target(from, true);
+                        root.node(from).whole = true;
+                    }
                     root.target(&op.path, true);
                 }
             }
@@ -288,8 +329,10 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn patch(ops: serde_json::Value) -> Patch {
-        serde_json::from_value(ops).unwrap_or_else(|e| panic!("{e}"))
+    /// The patch as the host has it from a guest's verdict.
+    fn patch(ops: serde_json::Value) -> RawPatch {
+        let verdict = serde_json::json!({"allowed": true, "patch": ops}).to_string();
+        crate::abi::decode_verdict(verdict.as_bytes()).ok().and_then(|v| v.patch).unwrap_or_else(|| panic!("{ops}"))
     }
 
     #[test]
@@ -338,6 +381,62 @@ mod tests {
         assert_eq!(check(&raw(object), &moved), Ok(()));
         let wrong = patch(serde_json::json!([{"op": "test", "path": "/a", "value": {"b": [1]}}]));
         assert!(matches!(check(&raw(object), &wrong), Err(Refused::DoesNotApply(_))));
+    }
+
+    /// A value the patch added is read whole wherever a later operation can
+    /// reach into it, compare it or carry it away, even through indices
+    /// that shifted since it was added.
+    #[test]
+    fn added_values_are_decoded_where_later_operations_read_them() {
+        let object = r#"{"a":[{"n":0},{"n":1}],"b":{}}"#;
+        let applies = |ops: serde_json::Value, expected: bool| {
+            let whole = json_patch::patch_unsafe(
+                &mut serde_json::from_str(object).unwrap_or_else(|e| panic!("{e}")),
+                &patch(ops.clone()).decode().unwrap_or_else(|e| panic!("{e}")),
+            );
+            assert_eq!(whole.is_ok(), expected, "json_patch on the whole object: {ops}");
+            assert_eq!(check(&raw(object), &patch(ops.clone())).is_ok(), expected, "{ops}");
+        };
+        for (ops, expected) in [
+            (
+                serde_json::json!([{"op": "add", "path": "/b/c", "value": {"d": [1]}}, {"op": "add", "path": "/b/c/d/-", "value": 2}]),
+                true,
+            ),
+            (
+                serde_json::json!([{"op": "add", "path": "/b/c", "value": {"d": 1}}, {"op": "add", "path": "/b/c/d/-", "value": 2}]),
+                false,
+            ),
+            (
+                serde_json::json!([{"op": "add", "path": "/a/1", "value": {"w": 1}}, {"op": "add", "path": "/a/0", "value": {"v": 1}},
+                                {"op": "test", "path": "/a/2/w", "value": 1}]),
+                true,
+            ),
+            (
+                serde_json::json!([{"op": "add", "path": "/a/1", "value": {"w": 1}}, {"op": "add", "path": "/a/0", "value": {"v": 1}},
+                                {"op": "test", "path": "/a/2", "value": {"w": 2}}]),
+                false,
+            ),
+            (
+                serde_json::json!([{"op": "add", "path": "/a/-", "value": {"w": {"x": 1}}}, {"op": "move", "from": "/a", "path": "/z"},
+                                {"op": "remove", "path": "/z/2/w/x"}]),
+                true,
+            ),
+            (
+                serde_json::json!([{"op": "add", "path": "/a/-", "value": {"w": 1}}, {"op": "copy", "from": "/a/2", "path": "/b/c"},
+                                {"op": "remove", "path": "/b/c/w"}]),
+                true,
+            ),
+            (
+                serde_json::json!([{"op": "add", "path": "/a/-", "value": {"w": 1}}, {"op": "test", "path": "", "value": {}}]),
+                false,
+            ),
+            (
+                serde_json::json!([{"op": "replace", "path": "", "value": {"r": [0]}}, {"op": "add", "path": "/r/1", "value": 1}]),
+                true,
+            ),
+        ] {
+            applies(ops, expected);
+        }
     }
 
     /// A small deterministic generator (xorshift64*), so a failure reproduces.
@@ -436,10 +535,14 @@ mod tests {
             let raw = RawValue::from_string(review["request"].to_string()).unwrap_or_else(|e| panic!("{e}"));
             let mut paths = Vec::new();
             pointers(object, "", &mut paths);
+            // Into the values the patches add, wherever they went.
+            let into_added: Vec<String> = paths.iter().step_by(3).map(|p| format!("{p}/k/1/n")).collect();
+            paths.extend(into_added);
             for _ in 0..400 {
                 let ops = random_patch(&mut rng, object, &paths);
-                let patch: Patch = serde_json::from_value(ops.clone()).unwrap_or_else(|e| panic!("{e}"));
-                let whole = json_patch::patch_unsafe(&mut object.clone(), &patch).is_ok();
+                let patch = patch(ops.clone());
+                let decoded = patch.decode().unwrap_or_else(|e| panic!("{e}"));
+                let whole = json_patch::patch_unsafe(&mut object.clone(), &decoded).is_ok();
                 assert_eq!(check(&raw, &patch).is_ok(), whole, "{}: {ops}", file.display());
                 if whole { applied += 1 } else { refused += 1 }
             }

@@ -116,7 +116,7 @@ impl Policy {
     }
 
     /// Evaluates one request, given the raw JSON of its `AdmissionRequest`.
-    pub async fn evaluate(&self, raw_request: &str) -> Result<portcullis_sdk::Verdict, EvalError> {
+    pub async fn evaluate(&self, raw_request: &str) -> Result<abi::GuestVerdict, EvalError> {
         self.evaluate_until(raw_request, None).await
     }
 
@@ -126,7 +126,7 @@ impl Policy {
         &self,
         raw_request: &str,
         until: Option<std::time::Instant>,
-    ) -> Result<portcullis_sdk::Verdict, EvalError> {
+    ) -> Result<abi::GuestVerdict, EvalError> {
         let mut input = String::with_capacity(raw_request.len() + self.settings_json.len() + 24);
         input.push_str("{\"request\":");
         input.push_str(raw_request);

@@ -208,7 +208,7 @@ async fn lookup_echo() {
         let set = load_with_context(&rt, &[entry("echo", &guest("lookup_echo"), &settings)], &store).await;
         get(&set, "echo").evaluate(&request()).await.unwrap_or_else(|e| panic!("{e}"))
     };
-    let names = |v: &portcullis_sdk::Verdict| -> Vec<String> {
+    let names = |v: &webhook_server::abi::GuestVerdict| -> Vec<String> {
         let items: Vec<serde_json::Value> =
             serde_json::from_str(v.warnings.first().map(String::as_str).unwrap_or("[]")).unwrap_or_default();
         items
