@@ -11,7 +11,9 @@
 //! With `PORTCULLIS_BENCH_COUNT=POLICY:N` it only runs N evaluations of
 //! that policy, untimed, after loading it alone (modules from the cache in
 //! `PORTCULLIS_BENCH_MODULE_CACHE`): what `cargo xtask instructions` runs
-//! under valgrind to count the instructions of one evaluation.
+//! under valgrind to count the instructions of one evaluation. With
+//! `PORTCULLIS_BENCH_COUNT_FULL` set too, each of the N is the whole
+//! parse+evaluate+respond path (`cargo xtask instructions --full`).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -74,10 +76,21 @@ fn main() -> anyhow::Result<()> {
         let (_, fixture) =
             CASES.iter().find(|(case, _)| *case == name).ok_or_else(|| anyhow::anyhow!("no case {name}"))?;
         let policy = set.get(&name).cloned().ok_or_else(|| anyhow::anyhow!("{name} not loaded"))?;
-        let raw = admission::parse(&std::fs::read(root.join(fixture))?)?.raw.get().to_owned();
+        let body = std::fs::read(root.join(fixture))?;
+        let raw = admission::parse(&body)?.raw.get().to_owned();
+        let endpoint = if policy.config.mutating { Endpoint::Mutate } else { Endpoint::Validate };
+        // `PORTCULLIS_BENCH_COUNT_FULL`: the whole parse+evaluate+respond path.
+        let full = std::env::var_os("PORTCULLIS_BENCH_COUNT_FULL").is_some();
         for _ in 0..n {
-            let verdict = rt.block_on(policy.evaluate(&raw));
-            anyhow::ensure!(verdict.is_ok_and(|v| v.allowed), "{name} did not allow {fixture}");
+            if full {
+                let incoming = admission::parse(&body)?;
+                let verdict = rt.block_on(policy.evaluate(incoming.raw.get()));
+                let decision = admission::decide(&policy, endpoint, &incoming, verdict);
+                anyhow::ensure!(decision.response.allowed && !decision.to_json()?.is_empty(), "{name}: {fixture}");
+            } else {
+                let verdict = rt.block_on(policy.evaluate(&raw));
+                anyhow::ensure!(verdict.is_ok_and(|v| v.allowed), "{name} did not allow {fixture}");
+            }
         }
         return Ok(());
     }

@@ -20,8 +20,9 @@
 //! operation inserts into or removes from, every element is decoded with
 //! the union of what any index of it needs.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
-use std::fmt;
+use std::fmt::{self, Write as _};
 
 use json_patch::Patch;
 use json_patch::jsonptr::Pointer;
@@ -167,6 +168,31 @@ impl Wanted {
     }
 }
 
+/// A map key, borrowed from the request unless it holds escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
 /// The AdmissionRequest: its `object`'s skeleton, everything else skipped.
 struct RequestObject<'a>(&'a Wanted);
 
@@ -179,7 +205,7 @@ impl<'de> Visitor<'de> for RequestObject<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut object = None;
-        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             if key == "object" {
                 object = map.next_value_seed(Nullable(self.0))?;
             } else {
@@ -285,11 +311,11 @@ impl<'de> Visitor<'de> for Skeleton<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = serde_json::Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            match self.0.children.get(&key) {
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match self.0.children.get(&*key) {
                 // A later duplicate replaces an earlier one, as in a `Value`.
                 Some(child) => {
-                    object.insert(key, map.next_value_seed(Skeleton(child))?);
+                    object.insert(key.into_owned(), map.next_value_seed(Skeleton(child))?);
                 }
                 None => map.next_value::<IgnoredAny>().map(drop)?,
             }
@@ -305,8 +331,11 @@ impl<'de> Visitor<'de> for Skeleton<'_> {
                 array.push(element);
             }
         } else {
+            let mut index = String::new();
             loop {
-                let element = match self.0.children.get(&array.len().to_string()) {
+                index.clear();
+                write!(index, "{}", array.len()).map_err(serde::de::Error::custom)?;
+                let element = match self.0.children.get(&index) {
                     Some(child) => seq.next_element_seed(Skeleton(child))?,
                     None => seq.next_element::<IgnoredAny>()?.map(|_| Value::Null),
                 };

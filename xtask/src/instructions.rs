@@ -12,8 +12,10 @@
 //! `valgrind --tool=callgrind` with N = 100 and N = 400, after one run that
 //! fills the module cache (the compiler's work would otherwise be counted);
 //! the difference divided by 300 is the count per evaluation, start-up and
-//! loading cancelled out. Valgrind is installed with apt when missing and
-//! possible.
+//! loading cancelled out. With `--full`, each run is the benchmark's
+//! "parse+evaluate+respond" path instead: the AdmissionReview parsed, the
+//! evaluation, the patch checked and the response built and serialized.
+//! Valgrind is installed with apt when missing and possible.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,6 +32,9 @@ pub struct Options {
     /// Count only these policies of the benchmark (default: all of them).
     #[arg(long = "policy")]
     policies: Vec<String>,
+    /// Count the whole parse+evaluate+respond path, not the evaluation alone.
+    #[arg(long)]
+    full: bool,
 }
 
 pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
@@ -42,10 +47,14 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
         [] => bench::CASES.iter().map(|case| case.policy.to_owned()).collect(),
         some => some.to_vec(),
     };
-    println!("{:<28} {:>14}", "policy", "instructions per evaluation");
+    let what = if options.full { "instructions per parse+evaluate+respond" } else { "instructions per evaluation" };
+    println!("{:<28} {:>14}", "policy", what);
     for policy in &policies {
-        count(&binary, &cache, policy, 1)?;
-        let (few, many) = (count(&binary, &cache, policy, RUNS.0)?, count(&binary, &cache, policy, RUNS.1)?);
+        count(&binary, &cache, policy, 1, options.full)?;
+        let (few, many) = (
+            count(&binary, &cache, policy, RUNS.0, options.full)?,
+            count(&binary, &cache, policy, RUNS.1, options.full)?,
+        );
         let per = many.saturating_sub(few) / (RUNS.1 - RUNS.0);
         println!("{policy:<28} {per:>14}");
     }
@@ -53,14 +62,18 @@ pub fn run(root: &Path, options: &Options) -> anyhow::Result<()> {
 }
 
 /// Instructions of a whole run of `n` evaluations of `policy` under callgrind.
-fn count(binary: &Path, cache: &Path, policy: &str, n: u64) -> anyhow::Result<u64> {
-    let out = Command::new("valgrind")
+fn count(binary: &Path, cache: &Path, policy: &str, n: u64, full: bool) -> anyhow::Result<u64> {
+    let mut valgrind = Command::new("valgrind");
+    valgrind
         .args(["--tool=callgrind", "--callgrind-out-file=/dev/null"])
         .arg(binary)
         .env("PORTCULLIS_BENCH_COUNT", format!("{policy}:{n}"))
         .env("PORTCULLIS_BENCH_MODULE_CACHE", cache)
-        .output()
-        .context("running valgrind")?;
+        .env_remove("PORTCULLIS_BENCH_COUNT_FULL");
+    if full {
+        valgrind.env("PORTCULLIS_BENCH_COUNT_FULL", "1");
+    }
+    let out = valgrind.output().context("running valgrind")?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     if !out.status.success() {
         bail!("{policy}: {n} evaluations under valgrind failed:\n{stderr}");
