@@ -51,12 +51,15 @@ pub fn check(raw_request: &RawValue, patch: &RawPatch) -> Result<(), Refused> {
         .deserialize_map(RequestObject(&wanted))
         .map_err(|e| Refused::DoesNotApply(format!("the request could not be read: {e}")))?;
     let mut skeleton = object.ok_or(Refused::NoObject)?;
+    // Token counts of each operation's path and `from`, counted once.
+    let depths: Vec<(usize, usize)> =
+        patch.0.iter().map(|op| (op.path.count(), op.from.as_deref().map_or(0, Pointer::count))).collect();
     let operations = patch
         .0
         .iter()
         .enumerate()
         .map(|(i, op)| {
-            op.decode(|raw| match value_is_read(&patch.0, i) {
+            op.decode(|raw| match value_is_read(&patch.0, &depths, i) {
                 true => serde_json::from_str(raw.get()),
                 false => Ok(Value::Null),
             })
@@ -77,37 +80,50 @@ pub fn check(raw_request: &RawValue, patch: &RawPatch) -> Result<(), Refused> {
 /// elsewhere (a `from` at or above it), or descended into (a later path
 /// below its parent: through an array's shifting indices, a path below any
 /// sibling may reach it). Most of a mutator's values (appended variables,
-/// mounts, volumes) are none of these, and are never decoded.
-fn value_is_read(ops: &[Operation], i: usize) -> bool {
+/// mounts, volumes) are none of these, and are never decoded. `depths[j]`
+/// holds the token counts of `ops[j]`'s path and `from`.
+fn value_is_read(ops: &[Operation], depths: &[(usize, usize)], i: usize) -> bool {
     let op = &ops[i];
     let Some(parent) = op.path.parent() else { return true };
     if op.op == Op::Test {
         return true;
     }
-    let depth = op.path.count();
-    ops[i + 1..].iter().any(|later| {
+    let depth = depths[i].0;
+    ops[i + 1..].iter().zip(&depths[i + 1..]).any(|(later, &(path_depth, from_depth))| {
         let reads = |p: &Pointer| p.starts_with(parent) || parent.starts_with(p);
-        let below = |p: &Pointer| p.starts_with(parent) && p.count() > depth;
-        let from_reads = later.from.as_deref().is_some_and(|from| reads(from) || below(from));
-        let path_reads = if later.op == Op::Test { reads(&later.path) } else { below(&later.path) };
+        let below = |p: &Pointer, p_depth: usize| p_depth > depth && p.starts_with(parent);
+        let from_reads = later.from.as_deref().is_some_and(|from| reads(from) || below(from, from_depth));
+        let path_reads = match later.op {
+            Op::Test => reads(&later.path),
+            _ => below(&later.path, path_depth),
+        };
         from_reads || path_reads
+    })
+}
+
+/// The tokens of `path`, unescaped (RFC 6901: `~1` is `/`, then `~0` is
+/// `~`), borrowed from it unless escaped.
+fn decoded_tokens(path: &Pointer) -> impl Iterator<Item = Cow<'_, str>> {
+    path.as_str().split('/').skip(1).map(|token| match token.contains('~') {
+        true => Cow::Owned(token.replace("~1", "/").replace("~0", "~")),
+        false => Cow::Borrowed(token),
     })
 }
 
 /// What of a value the patch can reach.
 #[derive(Debug, Default, Clone)]
-struct Wanted {
+struct Wanted<'p> {
     /// Read by an operation: decoded whole.
     whole: bool,
     /// An operation inserts into or removes from it (when it is an array,
     /// its elements may change indices).
     shifts: bool,
     /// Members (or indices, as written in the pointers) on some path.
-    children: BTreeMap<String, Wanted>,
+    children: BTreeMap<Cow<'p, str>, Wanted<'p>>,
 }
 
-impl Wanted {
-    fn of(ops: &[Operation]) -> Self {
+impl<'p> Wanted<'p> {
+    fn of(ops: &'p [Operation]) -> Self {
         let mut root = Self::default();
         for op in ops {
             match (op.op, op.from.as_deref()) {
@@ -133,17 +149,17 @@ impl Wanted {
     }
 
     /// The node at `path`, created with its ancestors.
-    fn node(&mut self, path: &Pointer) -> &mut Self {
+    fn node(&mut self, path: &'p Pointer) -> &mut Self {
         let mut node = self;
-        for token in path.tokens() {
-            node = node.children.entry(token.decoded().into_owned()).or_default();
+        for token in decoded_tokens(path) {
+            node = node.children.entry(token).or_default();
         }
         node
     }
 
     /// Marks `path` as an operation's target (its existence matters), and
     /// its parent as shifting when the operation inserts or removes.
-    fn target(&mut self, path: &Pointer, shifts: bool) {
+    fn target(&mut self, path: &'p Pointer, shifts: bool) {
         self.node(path);
         if let (true, Some(parent)) = (shifts, path.parent()) {
             self.node(parent).shifts = true;
@@ -194,7 +210,7 @@ impl<'de> serde::Deserialize<'de> for Key<'de> {
 }
 
 /// The AdmissionRequest: its `object`'s skeleton, everything else skipped.
-struct RequestObject<'a>(&'a Wanted);
+struct RequestObject<'a>(&'a Wanted<'a>);
 
 impl<'de> Visitor<'de> for RequestObject<'_> {
     type Value = Option<Value>;
@@ -217,7 +233,7 @@ impl<'de> Visitor<'de> for RequestObject<'_> {
 }
 
 /// `null` as `None`, anything else as its skeleton.
-struct Nullable<'a>(&'a Wanted);
+struct Nullable<'a>(&'a Wanted<'a>);
 
 impl<'de> DeserializeSeed<'de> for Nullable<'_> {
     type Value = Option<Value>;
@@ -248,7 +264,7 @@ impl<'de> Visitor<'de> for Nullable<'_> {
 }
 
 /// One value's skeleton, as much of it as `Wanted` says.
-struct Skeleton<'a>(&'a Wanted);
+struct Skeleton<'a>(&'a Wanted<'a>);
 
 impl<'de> DeserializeSeed<'de> for Skeleton<'_> {
     type Value = Value;
@@ -335,7 +351,7 @@ impl<'de> Visitor<'de> for Skeleton<'_> {
             loop {
                 index.clear();
                 write!(index, "{}", array.len()).map_err(serde::de::Error::custom)?;
-                let element = match self.0.children.get(&index) {
+                let element = match self.0.children.get(index.as_str()) {
                     Some(child) => seq.next_element_seed(Skeleton(child))?,
                     None => seq.next_element::<IgnoredAny>()?.map(|_| Value::Null),
                 };
