@@ -3,7 +3,9 @@
 //! `portcullis_validate`) and `decode_settings_validation` (the answer of
 //! `portcullis_validate_settings`), which must answer an error rather than
 //! panic. Whatever decodes must decode to the same value again once
-//! encoded as the SDK encodes it, so guest and host agree on the wire form.
+//! the host writes it out (its patches as the guest wrote their values), so
+//! what the host sends on is what it read. (That the host reads what the SDK
+//! writes is `portcullis_fuzz::check_outcome`'s part, in the policy targets.)
 #![no_main]
 
 use libfuzzer_sys::{fuzz_mutator, fuzz_target};

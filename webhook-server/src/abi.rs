@@ -280,13 +280,87 @@ struct WireOperation<'a> {
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(d).map(Some)
+    let raw = Box::<RawValue>::deserialize(d)?;
+    serde_json::from_str::<Checked>(raw.get()).map_err(serde::de::Error::custom)?;
+    Ok(Some(raw))
 }
+
+/// A JSON value read through without being built, refusing what decoding
+/// it as a `serde_json::Value` refuses: a number out of range (`1e400`),
+/// a lone surrogate (`"\ud800"`), nesting deeper than 128. `RawValue`
+/// only checks the syntax, and a value kept as text goes to the API server
+/// as written: one it cannot read must fail here, by the policy's
+/// failurePolicy.
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> serde::de::Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+}
+
+/// Most tokens a patch's pointer may have. The objects a patch applies to
+/// are read with serde_json's nesting limit of 128 and so are the values it
+/// adds, so no pointer that applies comes near; a deeper one is refused
+/// before the host walks it (the patch check's tree of wanted paths is as
+/// deep as the deepest pointer).
+pub const MAX_POINTER_TOKENS: usize = 512;
 
 impl WireOperation<'_> {
     fn into_operation(self, index: usize) -> Result<Operation, String> {
         let pointer = |p: String, field: &str| {
-            PointerBuf::parse(p).map_err(|e| format!("patch[{index}].{field} is not a JSON Pointer: {e}"))
+            let pointer =
+                PointerBuf::parse(p).map_err(|e| format!("patch[{index}].{field} is not a JSON Pointer: {e}"))?;
+            match pointer.count() {
+                tokens if tokens > MAX_POINTER_TOKENS => Err(format!(
+                    "patch[{index}].{field} is {tokens} tokens deep; at most {MAX_POINTER_TOKENS} are accepted"
+                )),
+                _ => Ok(pointer),
+            }
         };
         let op = match &*self.op {
             "add" => Op::Add,
@@ -529,6 +603,9 @@ mod tests {
             (r#"[{"op":"add","path":"a","value":1}]"#, "patch[0].path is not a JSON Pointer"),
             (r#"[{"op":"merge","path":"/a","value":1}]"#, "unknown op \"merge\""),
             (r#"[{"path":"/a"}]"#, "missing field `op`"),
+            (r#"[{"op":"add","path":"/a","value":1e400}]"#, "number out of range"),
+            (r#"[{"op":"add","path":"/a","value":{"k":["\ud800"]}}]"#, "escape"),
+            (r#"[{"op":"remove","path":"/a","value":-1e999}]"#, "number out of range"),
         ] {
             match decode_verdict(format!(r#"{{"allowed":true,"patch":{bad}}}"#).as_bytes()) {
                 Err(EvalError::BadOutput(m)) => assert!(m.contains(fragment), "{bad}: {m}"),
@@ -536,6 +613,28 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn deep_values_and_pointers_are_refused() {
+        let deep = format!("{}1{}", "[".repeat(129), "]".repeat(129));
+        let verdict = format!(r#"{{"allowed":true,"patch":[{{"op":"add","path":"/a","value":{deep}}}]}}"#);
+        assert!(
+            matches!(decode_verdict(verdict.as_bytes()), Err(EvalError::BadOutput(m)) if m.contains("recursion limit")),
+            "a value nested past serde_json's limit"
+        );
+        let ok = format!("{}1{}", "[".repeat(100), "]".repeat(100));
+        let verdict = format!(r#"{{"allowed":true,"patch":[{{"op":"add","path":"/a","value":{ok}}}]}}"#);
+        assert!(decode_verdict(verdict.as_bytes()).is_ok_and(|v| v.patch.is_some()));
+        let path = "/a".repeat(MAX_POINTER_TOKENS + 1);
+        let verdict = format!(r#"{{"allowed":true,"patch":[{{"op":"remove","path":"{path}"}}]}}"#);
+        assert!(
+            matches!(decode_verdict(verdict.as_bytes()), Err(EvalError::BadOutput(m)) if m.contains("tokens deep")),
+            "a pointer deeper than any object"
+        );
+        let path = "/a".repeat(MAX_POINTER_TOKENS);
+        let verdict = format!(r#"{{"allowed":true,"patch":[{{"op":"copy","from":"{path}","path":"/b"}}]}}"#);
+        assert!(decode_verdict(verdict.as_bytes()).is_ok());
     }
 
     #[test]

@@ -33,6 +33,9 @@ use serde_json::value::RawValue;
 
 use crate::abi::{Op, Operation, RawPatch};
 
+/// Longest patch whose unread values are left undecoded (see [`check`]).
+const MAX_OPERATIONS_SPARED: usize = 256;
+
 /// Why a patch was not accepted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refused {
@@ -54,12 +57,16 @@ pub fn check(raw_request: &RawValue, patch: &RawPatch) -> Result<(), Refused> {
     // Token counts of each operation's path and `from`, counted once.
     let depths: Vec<(usize, usize)> =
         patch.0.iter().map(|op| (op.path.count(), op.from.as_deref().map_or(0, Pointer::count))).collect();
+    // Which values are read is a question over pairs of operations; past
+    // this many, every value is decoded instead (linear, and what a patch
+    // that long costs anyway), so a module cannot make it quadratic.
+    let sparing = patch.0.len() <= MAX_OPERATIONS_SPARED;
     let operations = patch
         .0
         .iter()
         .enumerate()
         .map(|(i, op)| {
-            op.decode(|raw| match value_is_read(&patch.0, &depths, i) {
+            op.decode(|raw| match !sparing || value_is_read(&patch.0, &depths, i) {
                 true => serde_json::from_str(raw.get()),
                 false => Ok(Value::Null),
             })
@@ -79,9 +86,12 @@ pub fn check(raw_request: &RawValue, patch: &RawPatch) -> Result<(), Refused> {
 /// (its own, or a later one at or above where it went), moved or copied
 /// elsewhere (a `from` at or above it), or descended into (a later path
 /// below its parent: through an array's shifting indices, a path below any
-/// sibling may reach it). Most of a mutator's values (appended variables,
-/// mounts, volumes) are none of these, and are never decoded. `depths[j]`
-/// holds the token counts of `ops[j]`'s path and `from`.
+/// sibling may reach it). And when a later operation inserts into or
+/// removes from an array above its parent, the value's own pointer changes
+/// (`/a/0/x` becomes `/a/1/x`), so from then on any path may reach it:
+/// decoded too. Most of a mutator's values (appended variables, mounts,
+/// volumes) are none of these, and are never decoded. `depths[j]` holds
+/// the token counts of `ops[j]`'s path and `from`.
 fn value_is_read(ops: &[Operation], depths: &[(usize, usize)], i: usize) -> bool {
     let op = &ops[i];
     let Some(parent) = op.path.parent() else { return true };
@@ -92,10 +102,21 @@ fn value_is_read(ops: &[Operation], depths: &[(usize, usize)], i: usize) -> bool
     ops[i + 1..].iter().zip(&depths[i + 1..]).any(|(later, &(path_depth, from_depth))| {
         let reads = |p: &Pointer| p.starts_with(parent) || parent.starts_with(p);
         let below = |p: &Pointer, p_depth: usize| p_depth > depth && p.starts_with(parent);
-        let from_reads = later.from.as_deref().is_some_and(|from| reads(from) || below(from, from_depth));
+        // An insertion or removal at an array index (or `-`) whose array is above `parent`.
+        let shifts_above = |p: &Pointer, p_depth: usize| {
+            let last = p.as_str().rsplit('/').next().unwrap_or_default();
+            let index = last == "-" || (!last.is_empty() && last.bytes().all(|b| b.is_ascii_digit()));
+            index && p_depth < depth && p.parent().is_some_and(|array| parent.starts_with(array))
+        };
+        let from_reads = later.from.as_deref().is_some_and(|from| {
+            reads(from) || below(from, from_depth) || (later.op == Op::Move && shifts_above(from, from_depth))
+        });
         let path_reads = match later.op {
             Op::Test => reads(&later.path),
-            _ => below(&later.path, path_depth),
+            Op::Replace => below(&later.path, path_depth),
+            Op::Add | Op::Remove | Op::Move | Op::Copy => {
+                below(&later.path, path_depth) || shifts_above(&later.path, path_depth)
+            }
         };
         from_reads || path_reads
     })
@@ -477,6 +498,27 @@ mod tests {
             ),
             (
                 serde_json::json!([{"op": "replace", "path": "", "value": {"r": [0]}}, {"op": "add", "path": "/r/1", "value": 1}]),
+                true,
+            ),
+            // An insertion above the value's parent moves it (`/a/0/x` to `/a/1/x`).
+            (
+                serde_json::json!([{"op": "add", "path": "/a/0/x", "value": {"k": 1}}, {"op": "add", "path": "/a/0", "value": {}},
+                                {"op": "test", "path": "/a/1", "value": {"n": 0, "x": null}}]),
+                false,
+            ),
+            (
+                serde_json::json!([{"op": "add", "path": "/a/0/x", "value": {"k": 1}}, {"op": "add", "path": "/a/0", "value": {}},
+                                {"op": "test", "path": "/a/1", "value": {"n": 0, "x": {"k": 1}}}]),
+                true,
+            ),
+            (
+                serde_json::json!([{"op": "add", "path": "/a/1/e", "value": []}, {"op": "remove", "path": "/a/0"},
+                                {"op": "add", "path": "/a/0/e/-", "value": {"name": "X"}}]),
+                true,
+            ),
+            (
+                serde_json::json!([{"op": "add", "path": "/a/1/e", "value": []}, {"op": "move", "from": "/a/0", "path": "/b/m"},
+                                {"op": "add", "path": "/a/0/e/-", "value": {"name": "X"}}]),
                 true,
             ),
         ] {
