@@ -281,8 +281,42 @@ struct WireOperation<'a> {
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
     let raw = Box::<RawValue>::deserialize(d)?;
-    serde_json::from_str::<Checked>(raw.get()).map_err(serde::de::Error::custom)?;
+    if !plainly_valid(raw.get()) {
+        serde_json::from_str::<Checked>(raw.get()).map_err(serde::de::Error::custom)?;
+    }
     Ok(Some(raw))
+}
+
+/// Whether JSON text (already checked for syntax) is one a `Value` decodes,
+/// for want of anything that could make it fail: no escape (so no lone
+/// surrogate), at most 100 arrays and maps (so no nesting past 128), no
+/// number with an exponent or over 300 digits (so none out of range). A
+/// mutator's values nearly always are; the others get the full [`Checked`]
+/// reading, which costs a second parse of the value.
+fn plainly_valid(json: &str) -> bool {
+    let (mut in_string, mut opened, mut digits, mut previous) = (false, 0usize, 0usize, b' ');
+    for &byte in json.as_bytes() {
+        if in_string {
+            match byte {
+                b'\\' => return false,
+                b'"' => in_string = false,
+                _ => {}
+            }
+        } else {
+            match byte {
+                b'"' => in_string = true,
+                b'[' | b'{' => opened += 1,
+                b'e' | b'E' if previous.is_ascii_digit() => return false,
+                _ => {}
+            }
+            digits = if byte.is_ascii_digit() { digits + 1 } else { 0 };
+            if opened > 100 || digits > 300 {
+                return false;
+            }
+        }
+        previous = byte;
+    }
+    true
 }
 
 /// A JSON value read through without being built, refusing what decoding
@@ -355,7 +389,8 @@ impl WireOperation<'_> {
         let pointer = |p: String, field: &str| {
             let pointer =
                 PointerBuf::parse(p).map_err(|e| format!("patch[{index}].{field} is not a JSON Pointer: {e}"))?;
-            match pointer.count() {
+            // Every token follows a `/`, and an escaped token holds none.
+            match pointer.as_str().bytes().filter(|&b| b == b'/').count() {
                 tokens if tokens > MAX_POINTER_TOKENS => Err(format!(
                     "patch[{index}].{field} is {tokens} tokens deep; at most {MAX_POINTER_TOKENS} are accepted"
                 )),
@@ -613,6 +648,21 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn plain_values_skip_the_second_reading_and_others_do_not() {
+        for plain in [r#"{"name":"AWS_ROLE_ARN","value":"arn:aws:iam::1:role/x"}"#, "[1,-2.5,true,false,null]", "\"é\""]
+        {
+            assert!(plainly_valid(plain), "{plain}");
+        }
+        let long = format!("1{}", "0".repeat(300));
+        let nested = format!("{}{}", "[".repeat(101), "]".repeat(101));
+        for not in [r#""a\"b""#, "1e5", "[2.5E-3]", &long, &nested] {
+            assert!(!plainly_valid(not), "{not}");
+        }
+        // Letters of literals and strings are not exponents.
+        assert!(plainly_valid(r#"{"e":"1e400","true":true,"v":[false]}"#));
     }
 
     #[test]
